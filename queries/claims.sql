@@ -1,0 +1,95 @@
+-- Worker side: claiming, lease renewal and recording how tasks ended.
+
+-- name: ClaimDue :many
+-- The hot path. The inner scan walks tasks_due in exactly its order and stops
+-- after max_rows due rows; future rows sort after now() and are never read.
+WITH due AS (
+    SELECT key FROM shadows.tasks
+    WHERE queue = @queue::text AND state = 'scheduled' AND run_at <= now()
+    ORDER BY run_at, seq
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE shadows.tasks t
+SET state = 'running', worker = @worker::text, started_at = now(),
+    deliveries = t.deliveries + 1,
+    lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
+FROM due
+WHERE t.queue = @queue::text AND t.key = due.key
+RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
+    t.deliveries, t.started_at;
+
+-- name: ClaimLapsed :many
+-- Redelivery: running tasks whose lease lapsed because their worker stopped
+-- renewing it (it died or lost the database).
+WITH lapsed AS (
+    SELECT key FROM shadows.tasks
+    WHERE queue = @queue::text AND state = 'running' AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE shadows.tasks t
+SET worker = @worker::text, started_at = now(), deliveries = t.deliveries + 1,
+    lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
+FROM lapsed
+WHERE t.queue = @queue::text AND t.key = lapsed.key
+RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
+    t.deliveries, t.started_at;
+
+-- name: NextDue :one
+-- When the earliest scheduled task becomes due, so an idle worker can sleep
+-- exactly until then.
+SELECT run_at
+FROM shadows.tasks
+WHERE queue = @queue::text AND state = 'scheduled'
+ORDER BY run_at, seq
+LIMIT 1;
+
+-- name: RenewLeases :many
+-- Extends the leases of this worker's running tasks and returns the keys
+-- among them that were cancelled meanwhile.
+WITH mine AS (
+    SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation
+), renewed AS (
+    UPDATE shadows.tasks t
+    SET lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
+    FROM mine
+    WHERE t.queue = @queue::text AND t.key = mine.key AND t.generation = mine.generation
+      AND t.state = 'running' AND t.worker = @worker::text
+    RETURNING t.key
+)
+SELECT t.key
+FROM shadows.tasks t JOIN mine ON t.key = mine.key AND t.generation = mine.generation
+WHERE t.queue = @queue::text AND t.state = 'cancelled';
+
+-- name: FinishTasks :one
+-- Records how a batch of tasks ended. A row whose generation moved on was
+-- replaced or re-added while it ran: it is left alone (superseded). A row
+-- cancelled while running ends as its handler ended. With no record lifetime
+-- the rows are deleted instead. One notification wakes result waiters.
+WITH ended AS (
+    SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
+           unnest(@states::text[]) AS state, unnest(@errors::text[]) AS error,
+           unnest(@results::text[]) AS result
+), updated AS (
+    UPDATE shadows.tasks t
+    SET state = ended.state::shadows.task_state, finished_at = now(),
+        lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => @ttl_seconds::float8),
+        error = nullif(ended.error, ''), result = nullif(ended.result, '')::jsonb
+    FROM ended
+    WHERE @ttl_seconds::float8 > 0
+      AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.state IN ('running', 'cancelled')
+    RETURNING t.key
+), deleted AS (
+    DELETE FROM shadows.tasks t
+    USING ended
+    WHERE @ttl_seconds::float8 <= 0
+      AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.state IN ('running', 'cancelled')
+    RETURNING t.key
+)
+SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
+    (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified;

@@ -1,0 +1,147 @@
+-- Producer side: adding, replacing and cancelling tasks, reading records.
+
+-- name: AddTask :one
+-- Adds a task unless its key is live. A key whose record is terminal is
+-- overwritten with the next generation; a live key (scheduled, queued or
+-- running) makes this return no row, which the caller reports as "already
+-- scheduled". Due tasks wake an idle worker through one notification.
+INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+VALUES (@queue, @key, @task, @args, coalesce(sqlc.narg('run_at')::timestamptz, now()))
+ON CONFLICT (queue, key) DO UPDATE
+SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
+    error = NULL, result = NULL, created_at = now()
+WHERE t.state IN ('completed', 'failed', 'cancelled')
+RETURNING t.generation, t.run_at, t.created_at,
+    CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified;
+
+-- name: ReplaceTask :one
+-- Adds a task, overwriting whatever the key holds. A running copy keeps
+-- running, but its generation is gone, so it can neither finish nor renew the
+-- new record.
+INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+VALUES (@queue, @key, @task, @args, coalesce(sqlc.narg('run_at')::timestamptz, now()))
+ON CONFLICT (queue, key) DO UPDATE
+SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
+    error = NULL, result = NULL, created_at = now()
+RETURNING t.generation, t.run_at, t.created_at,
+    CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified;
+
+-- name: AddTasks :many
+-- AddMany: every row of the batch in one statement. Keys must be distinct
+-- within the batch. Returns the rows that were stored; the others were live.
+INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+SELECT @queue::text, u.key, u.task, u.args::jsonb,
+       CASE WHEN u.run_at_set THEN u.run_at ELSE now() END
+FROM (SELECT unnest(@keys::text[]) AS key, unnest(@tasks::text[]) AS task,
+             unnest(@args::text[]) AS args, unnest(@run_ats::timestamptz[]) AS run_at,
+             unnest(@run_at_sets::bool[]) AS run_at_set) AS u
+ON CONFLICT (queue, key) DO UPDATE
+SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
+    error = NULL, result = NULL, created_at = now()
+WHERE t.state IN ('completed', 'failed', 'cancelled')
+RETURNING t.key, t.generation, t.run_at, t.created_at;
+
+-- name: NotifyReady :exec
+SELECT pg_notify('shadows_ready', @queue::text);
+
+-- name: CancelTask :one
+-- Cancels a scheduled or running task. The claim query only takes scheduled
+-- rows, so a cancelled task that was due but unclaimed can never start; a
+-- running one is told through a notification and keeps its generation, so
+-- its worker still records how it ended.
+WITH old AS (
+    SELECT key, state FROM shadows.tasks
+    WHERE queue = @queue::text AND key = @key::text AND state IN ('scheduled', 'running')
+    FOR UPDATE
+), upd AS (
+    UPDATE shadows.tasks t
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => @ttl_seconds::float8)
+    FROM old
+    WHERE t.queue = @queue::text AND t.key = old.key
+    RETURNING old.state AS previous
+)
+SELECT upd.previous,
+    CASE WHEN upd.previous = 'running'
+         THEN (SELECT true FROM pg_notify('shadows_cancel', json_build_object('queue', @queue::text, 'key', @key::text)::text))
+         ELSE false END::bool AS notified
+FROM upd;
+
+-- name: DeleteTask :exec
+DELETE FROM shadows.tasks WHERE queue = @queue::text AND key = @key::text AND state <> 'running';
+
+-- name: GetTask :one
+SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
+       worker, started_at, finished_at, expires_at, error, result, created_at,
+       now()::timestamptz AS now
+FROM shadows.tasks
+WHERE queue = @queue::text AND key = @key::text;
+
+-- name: ClearTasks :one
+-- Removes every task that has not started. With a record lifetime the rows
+-- stay as cancelled records; without one they are deleted.
+WITH cleared AS (
+    UPDATE shadows.tasks
+    SET state = 'cancelled', finished_at = now(),
+        expires_at = now() + make_interval(secs => @ttl_seconds::float8)
+    WHERE queue = @queue::text AND state = 'scheduled' AND @ttl_seconds::float8 > 0
+    RETURNING 1
+), deleted AS (
+    DELETE FROM shadows.tasks
+    WHERE queue = @queue::text AND state = 'scheduled' AND @ttl_seconds::float8 <= 0
+    RETURNING 1
+)
+SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n;
+
+-- name: CountTasks :one
+-- Snapshot counters: all live tasks, those not yet started (due or future),
+-- those due now, and those running.
+SELECT count(*) FILTER (WHERE state IN ('scheduled', 'running'))::bigint AS total,
+       count(*) FILTER (WHERE state = 'scheduled')::bigint AS pending,
+       count(*) FILTER (WHERE state = 'scheduled' AND run_at <= now())::bigint AS due,
+       count(*) FILTER (WHERE state = 'running')::bigint AS running,
+       now()::timestamptz AS now
+FROM shadows.tasks
+WHERE queue = @queue::text AND state IN ('scheduled', 'running');
+
+-- name: ListRunning :many
+SELECT key, task, generation, run_at, attempt, worker, started_at
+FROM shadows.tasks
+WHERE queue = @queue::text AND state = 'running'
+ORDER BY started_at, key
+LIMIT @max_rows;
+
+-- name: ListPending :many
+SELECT key, task, generation, run_at, attempt
+FROM shadows.tasks
+WHERE queue = @queue::text AND state = 'scheduled'
+ORDER BY run_at, seq
+LIMIT @max_rows;
+
+-- name: HasLiveTasks :one
+-- Whether anything is still to run: scheduled (future included) or running.
+SELECT (EXISTS (
+    SELECT 1 FROM shadows.tasks WHERE queue = @queue::text AND state = 'scheduled'
+) OR EXISTS (
+    SELECT 1 FROM shadows.tasks WHERE queue = @queue::text AND state = 'running'
+))::bool AS live;
+
+-- name: DeleteExpired :execrows
+-- Removes up to max_rows expired execution records. SKIP LOCKED lets several
+-- workers collect garbage at once without waiting on each other.
+DELETE FROM shadows.tasks
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM shadows.tasks
+    WHERE expires_at < now() AND state IN ('completed', 'failed', 'cancelled')
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+));
