@@ -1,0 +1,33 @@
+// Package notify names the PostgreSQL notification channels shadows uses and
+// parses their payloads. Notifications only ever save latency: every waiter
+// also polls, so a lost notification costs time, never correctness.
+package notify
+
+import "encoding/json"
+
+const (
+	// Ready is notified, with the queue name as payload, once per transaction
+	// that made tasks due (at most one per queue: PostgreSQL folds identical
+	// notifications of one transaction).
+	Ready = "shadows_ready"
+	// Cancel is notified when a running task is cancelled; the payload is a
+	// JSON object with "queue" and "key".
+	Cancel = "shadows_cancel"
+	// Done is notified, with the queue name as payload, once per transaction
+	// that recorded the end of tasks, to wake callers waiting for results.
+	Done = "shadows_done"
+)
+
+// CancelPayload is the payload of a [Cancel] notification.
+type CancelPayload struct {
+	Queue string `json:"queue"`
+	Key   string `json:"key"`
+}
+
+// ParseCancel decodes a [Cancel] payload. A malformed payload yields ok=false.
+func ParseCancel(payload string) (p CancelPayload, ok bool) {
+	if err := json.Unmarshal([]byte(payload), &p); err != nil || p.Key == "" {
+		return CancelPayload{}, false
+	}
+	return p, true
+}

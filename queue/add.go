@@ -1,0 +1,288 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/shadows-go/shadows/db"
+)
+
+// AddOpts are the optional parts of an add.
+type AddOpts struct {
+	// When the task is due. Zero, or any time not in the future, means now.
+	When time.Time
+	// Key identifies the task: adding a key that is scheduled, queued or
+	// running changes nothing. Empty means a fresh UUIDv7.
+	Key string
+}
+
+// Entry is one task of an [Queue.AddMany] batch.
+type Entry struct {
+	Args Args
+	When time.Time
+	Key  string
+}
+
+// encodeArgs returns the task name and JSON object of args.
+func encodeArgs(args Args) (string, []byte, error) {
+	if args == nil {
+		return "", nil, fmt.Errorf("%w: nil", ErrInvalidArgs)
+	}
+	name := args.TaskName()
+	if name == "" || len(name) > MaxNameLength {
+		return "", nil, fmt.Errorf("%w: task name %q must be 1 to %d bytes", ErrInvalidArgs, name, MaxNameLength)
+	}
+	if err := validateText(name); err != nil {
+		return "", nil, fmt.Errorf("%w: task name %q %w", ErrInvalidArgs, name, err)
+	}
+	raw, err := json.Marshal(args)
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: task %s: %w", ErrInvalidArgs, name, err)
+	}
+	if len(raw) == 0 || raw[0] != '{' {
+		return "", nil, fmt.Errorf("%w: task %s: arguments must encode as a JSON object, got %.40s", ErrInvalidArgs, name, raw)
+	}
+	return name, raw, nil
+}
+
+func newKey() string { return uuid.Must(uuid.NewV7()).String() }
+
+func whenParam(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// Add stores a task to run at opts.When under opts.Key (both optional; nil
+// opts means now and a fresh key). If the key is live — scheduled, queued or
+// running — nothing changes and the returned Execution's Disposition is
+// DispositionAlreadyScheduled; a key whose record is terminal is reused.
+func (q *Queue) Add(ctx context.Context, args Args, opts *AddOpts) (*Execution, error) {
+	return q.add(ctx, q.pool, args, opts, false)
+}
+
+// AddTx is Add inside the caller's transaction: the task exists, and workers
+// are woken, only if tx commits.
+func (q *Queue) AddTx(ctx context.Context, tx pgx.Tx, args Args, opts *AddOpts) (*Execution, error) {
+	return q.add(ctx, tx, args, opts, false)
+}
+
+// Replace stores a task under key at when, overwriting whatever the key
+// holds. A scheduled or queued copy never runs; a running copy finishes but
+// can no longer change the record. opts.Key and opts.When are required.
+func (q *Queue) Replace(ctx context.Context, args Args, opts AddOpts) (*Execution, error) {
+	return q.replace(ctx, q.pool, args, opts)
+}
+
+// ReplaceTx is Replace inside the caller's transaction.
+func (q *Queue) ReplaceTx(ctx context.Context, tx pgx.Tx, args Args, opts AddOpts) (*Execution, error) {
+	return q.replace(ctx, tx, args, opts)
+}
+
+func (q *Queue) replace(ctx context.Context, conn dbtx, args Args, opts AddOpts) (*Execution, error) {
+	if opts.Key == "" {
+		return nil, fmt.Errorf("replace: %w: a key is required", ErrInvalidKey)
+	}
+	if opts.When.IsZero() {
+		return nil, fmt.Errorf("replace %q: a time is required", opts.Key)
+	}
+	return q.add(ctx, conn, args, &opts, true)
+}
+
+func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, replace bool) (*Execution, error) {
+	if opts == nil {
+		opts = &AddOpts{}
+	}
+	name, raw, err := encodeArgs(args)
+	if err != nil {
+		return nil, err
+	}
+	key := opts.Key
+	if key == "" {
+		key = newKey()
+	} else if err := validateKey(key); err != nil {
+		return nil, err
+	}
+	e := &Execution{
+		Queue:       q.cfg.Name,
+		Key:         key,
+		Task:        name,
+		Args:        raw,
+		Disposition: DispositionScheduled,
+		Attempt:     1,
+	}
+	p := db.AddTaskParams{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, RunAt: whenParam(opts.When)}
+	var row db.AddTaskRow
+	if replace {
+		var r db.ReplaceTaskRow
+		r, err = q.queries.ReplaceTask(ctx, conn, db.ReplaceTaskParams(p))
+		row = db.AddTaskRow(r)
+	} else {
+		row, err = q.queries.AddTask(ctx, conn, p)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return q.alreadyScheduled(ctx, conn, e)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("add %s %q: %w", name, key, err)
+	}
+	e.fillAdded(row.Generation, row.RunAt, row.CreatedAt, row.Notified)
+	return e, nil
+}
+
+func (e *Execution) fillAdded(generation int64, runAt, createdAt time.Time, due bool) {
+	e.Generation = generation
+	e.When = runAt
+	e.CreatedAt = createdAt
+	e.State = StateScheduled
+	if due {
+		e.State = StateQueued
+	}
+}
+
+// alreadyScheduled describes the live task that kept an add from storing e.
+func (q *Queue) alreadyScheduled(ctx context.Context, conn dbtx, e *Execution) (*Execution, error) {
+	row, err := q.queries.GetTask(ctx, conn, db.GetTaskParams{Queue: q.cfg.Name, Key: e.Key})
+	if err != nil {
+		return nil, fmt.Errorf("add %s %q: read live task: %w", e.Task, e.Key, err)
+	}
+	live := executionFromRow(row)
+	live.Disposition = DispositionAlreadyScheduled
+	return live, nil
+}
+
+// addManyChunk is the number of tasks stored per statement.
+const addManyChunk = 5000
+
+// AddMany adds a batch of tasks with Add's rules, in one transaction and one
+// statement per 5,000 tasks. The result has one Execution per entry, in
+// order; an entry whose key is live, or repeats an earlier entry's key, is
+// DispositionAlreadyScheduled. Invalid arguments or keys fail the whole
+// batch before anything is stored.
+func (q *Queue) AddMany(ctx context.Context, entries []Entry) ([]*Execution, error) {
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	var out []*Execution
+	err := pgx.BeginFunc(ctx, q.pool, func(tx pgx.Tx) error {
+		var err error
+		out, err = q.addMany(ctx, tx, entries)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// AddManyTx is AddMany inside the caller's transaction.
+func (q *Queue) AddManyTx(ctx context.Context, tx pgx.Tx, entries []Entry) ([]*Execution, error) {
+	return q.addMany(ctx, tx, entries)
+}
+
+func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) ([]*Execution, error) {
+	out := make([]*Execution, len(entries))
+	index := make(map[string]int, len(entries)) // key → entry that stores it
+	for i, en := range entries {
+		name, raw, err := encodeArgs(en.Args)
+		if err != nil {
+			return nil, fmt.Errorf("add many: entry %d: %w", i, err)
+		}
+		key := en.Key
+		if key == "" {
+			key = newKey()
+		} else if err := validateKey(key); err != nil {
+			return nil, fmt.Errorf("add many: entry %d: %w", i, err)
+		}
+		e := &Execution{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, Attempt: 1, When: en.When}
+		out[i] = e
+		if _, dup := index[key]; dup {
+			e.Disposition = DispositionAlreadyScheduled
+			continue
+		}
+		index[key] = i
+	}
+	stored := make([]*Execution, 0, len(index))
+	for i, e := range out {
+		if index[e.Key] == i {
+			stored = append(stored, e)
+		}
+	}
+	due := false
+	for start := 0; start < len(stored); start += addManyChunk {
+		chunk := stored[start:min(start+addManyChunk, len(stored))]
+		p := db.AddTasksParams{
+			Queue:     q.cfg.Name,
+			Keys:      make([]string, len(chunk)),
+			Tasks:     make([]string, len(chunk)),
+			Args:      make([]string, len(chunk)),
+			RunAts:    make([]time.Time, len(chunk)),
+			RunAtSets: make([]bool, len(chunk)),
+		}
+		for i, e := range chunk {
+			p.Keys[i], p.Tasks[i], p.Args[i] = e.Key, e.Task, string(e.Args)
+			p.RunAts[i], p.RunAtSets[i] = e.When, !e.When.IsZero()
+		}
+		rows, err := q.queries.AddTasks(ctx, conn, p)
+		if err != nil {
+			return nil, fmt.Errorf("add many: %w", err)
+		}
+		for _, r := range rows {
+			e := out[index[r.Key]]
+			e.Disposition = DispositionScheduled
+			d := !r.RunAt.After(r.CreatedAt)
+			due = due || d
+			e.fillAdded(r.Generation, r.RunAt, r.CreatedAt, d)
+		}
+	}
+	for _, e := range out {
+		if e.Disposition == 0 {
+			e.Disposition = DispositionAlreadyScheduled
+		}
+	}
+	if due {
+		if err := q.queries.NotifyReady(ctx, conn, q.cfg.Name); err != nil {
+			return nil, fmt.Errorf("add many: notify: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// Cancel stops the task with key. A task that has not started never will; a
+// running task's context is cancelled (it ends cancelled, or completed if its
+// handler ignores the cancellation). Cancelling an unknown or finished key
+// does nothing, so Cancel is idempotent.
+func (q *Queue) Cancel(ctx context.Context, key string) error {
+	return q.cancel(ctx, q.pool, key)
+}
+
+// CancelTx is Cancel inside the caller's transaction.
+func (q *Queue) CancelTx(ctx context.Context, tx pgx.Tx, key string) error {
+	return q.cancel(ctx, tx, key)
+}
+
+func (q *Queue) cancel(ctx context.Context, conn dbtx, key string) error {
+	if err := validateKey(key); err != nil {
+		return err
+	}
+	row, err := q.queries.CancelTask(ctx, conn, db.CancelTaskParams{Queue: q.cfg.Name, Key: key, TtlSeconds: q.ttlSeconds()})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cancel %q: %w", key, err)
+	}
+	if q.cfg.ExecutionTTL < 0 && row.Previous != db.ShadowsTaskStateRunning {
+		if err := q.queries.DeleteTask(ctx, conn, db.DeleteTaskParams{Queue: q.cfg.Name, Key: key}); err != nil {
+			return fmt.Errorf("cancel %q: delete record: %w", key, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,147 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/shadows-go/shadows/db"
+)
+
+// SnapshotLimit caps the tasks listed in each of a Snapshot's lists.
+const SnapshotLimit = 1000
+
+// Snapshot is a point-in-time view of a queue.
+type Snapshot struct {
+	// Taken is the database's clock when the snapshot was read.
+	Taken time.Time
+	// Total counts live tasks: queued, scheduled and running.
+	Total int
+	// Queued counts tasks that are due and wait for a worker.
+	Queued int
+	// Future lists tasks that have not started, queued or scheduled,
+	// earliest first; at most SnapshotLimit of them.
+	Future []TaskInfo
+	// FutureCount counts all of them.
+	FutureCount int
+	// Running lists running tasks, longest-running first; at most
+	// SnapshotLimit of them.
+	Running []TaskInfo
+	// RunningCount counts all of them.
+	RunningCount int
+	// Workers lists the live workers.
+	Workers []WorkerInfo
+}
+
+// TaskInfo describes one live task in a Snapshot.
+type TaskInfo struct {
+	Key     string
+	Task    string
+	When    time.Time
+	Attempt int
+	// Worker and Started are set for running tasks.
+	Worker  string
+	Started time.Time
+}
+
+// WorkerInfo describes a live worker.
+type WorkerInfo struct {
+	Name string
+	// Tasks are the task names the worker can run.
+	Tasks    []string
+	Started  time.Time
+	LastSeen time.Time
+}
+
+// Snapshot reads the queue's counts, its earliest pending tasks, its running
+// tasks and its workers.
+func (q *Queue) Snapshot(ctx context.Context) (*Snapshot, error) {
+	c, err := q.queries.CountTasks(ctx, q.pool, q.cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	s := &Snapshot{
+		Taken:        c.Now,
+		Total:        int(c.Total),
+		Queued:       int(c.Due),
+		FutureCount:  int(c.Pending),
+		RunningCount: int(c.Running),
+	}
+	pending, err := q.queries.ListPending(ctx, q.pool, db.ListPendingParams{Queue: q.cfg.Name, MaxRows: SnapshotLimit})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	for _, r := range pending {
+		s.Future = append(s.Future, TaskInfo{Key: r.Key, Task: r.Task, When: r.RunAt, Attempt: int(r.Attempt)})
+	}
+	running, err := q.queries.ListRunning(ctx, q.pool, db.ListRunningParams{Queue: q.cfg.Name, MaxRows: SnapshotLimit})
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	for _, r := range running {
+		t := TaskInfo{Key: r.Key, Task: r.Task, When: r.RunAt, Attempt: int(r.Attempt)}
+		if r.Worker != nil {
+			t.Worker = *r.Worker
+		}
+		if r.StartedAt != nil {
+			t.Started = *r.StartedAt
+		}
+		s.Running = append(s.Running, t)
+	}
+	if s.Workers, err = q.Workers(ctx); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	return s, nil
+}
+
+// Clear removes every task that has not started, queued or scheduled, and
+// returns how many it removed. Running tasks go on. With a record lifetime
+// the removed tasks keep a cancelled record.
+func (q *Queue) Clear(ctx context.Context) (int, error) {
+	n, err := q.queries.ClearTasks(ctx, q.pool, db.ClearTasksParams{Queue: q.cfg.Name, TtlSeconds: q.ttlSeconds()})
+	if err != nil {
+		return 0, fmt.Errorf("clear: %w", err)
+	}
+	return int(n), nil
+}
+
+// Workers lists the workers that sent a heartbeat within HeartbeatInterval ×
+// MissedHeartbeats.
+func (q *Queue) Workers(ctx context.Context) ([]WorkerInfo, error) {
+	rows, err := q.queries.ListWorkers(ctx, q.pool, db.ListWorkersParams{
+		Queue:        q.cfg.Name,
+		StaleSeconds: q.WorkerStaleAfter().Seconds(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list workers: %w", err)
+	}
+	out := make([]WorkerInfo, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, WorkerInfo{Name: r.Name, Tasks: r.Tasks, Started: r.StartedAt, LastSeen: r.LastSeen})
+	}
+	return out, nil
+}
+
+// TaskWorkers lists the live workers that can run the named task.
+func (q *Queue) TaskWorkers(ctx context.Context, task string) ([]WorkerInfo, error) {
+	all, err := q.Workers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []WorkerInfo
+	for _, w := range all {
+		for _, t := range w.Tasks {
+			if t == task {
+				out = append(out, w)
+				break
+			}
+		}
+	}
+	return out, nil
+}
+
+// WorkerStaleAfter is how long after its last heartbeat a worker stops being
+// listed.
+func (q *Queue) WorkerStaleAfter() time.Duration {
+	return q.cfg.HeartbeatInterval * time.Duration(q.cfg.MissedHeartbeats)
+}
