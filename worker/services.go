@@ -1,0 +1,261 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/internal/notify"
+)
+
+// finishBatch caps the outcomes recorded per statement.
+const finishBatch = 1000
+
+// finisher records task outcomes in batches: whatever ended while the
+// previous batch was being written goes out in the next single statement.
+type finisher struct {
+	w        *Worker
+	kick     chan struct{}
+	mu       sync.Mutex
+	pending  []outcome
+	writing  bool
+	flushMu  sync.Mutex // one batch is written at a time
+	failures int
+}
+
+func newFinisher(w *Worker) *finisher {
+	return &finisher{w: w, kick: make(chan struct{}, 1)}
+}
+
+func (f *finisher) push(o outcome) {
+	f.mu.Lock()
+	f.pending = append(f.pending, o)
+	f.mu.Unlock()
+	signal(f.kick)
+}
+
+// idle reports whether every outcome handed over has been recorded.
+func (f *finisher) idle() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pending) == 0 && !f.writing
+}
+
+func (f *finisher) run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.kick:
+		}
+		for f.flush(ctx) {
+		}
+	}
+}
+
+// drain records everything pending. If the database stays unreachable for
+// a whole redelivery timeout it gives up: the leases lapse and the tasks
+// run again elsewhere, as after a crash.
+func (f *finisher) drain() {
+	ctx, cancel := context.WithTimeout(context.Background(), f.w.cfg.RedeliveryTimeout)
+	defer cancel()
+	for f.flush(ctx) {
+	}
+	if !f.idle() {
+		f.w.logger.Error("could not record task outcomes before stopping; they will be redelivered")
+	}
+}
+
+// flush writes one batch and reports whether there may be more to write.
+func (f *finisher) flush(ctx context.Context) bool {
+	f.flushMu.Lock()
+	defer f.flushMu.Unlock()
+	f.mu.Lock()
+	n := min(len(f.pending), finishBatch)
+	batch := f.pending[:n:n]
+	f.pending = f.pending[n:]
+	f.writing = n > 0
+	f.mu.Unlock()
+	if n == 0 {
+		return false
+	}
+	err := f.write(ctx, batch)
+	f.mu.Lock()
+	f.writing = false
+	if err != nil {
+		f.pending = append(batch, f.pending...)
+	}
+	f.mu.Unlock()
+	if err != nil {
+		if ctx.Err() != nil {
+			return false
+		}
+		f.w.logger.Warn("recording task outcomes failed; retrying", "error", err, "tasks", n)
+		if !sleep(ctx, f.w.backoff(f.failures)) {
+			return false
+		}
+		f.failures++
+		return true
+	}
+	f.failures = 0
+	for _, o := range batch {
+		f.w.inflight.remove(o.key)
+	}
+	return true
+}
+
+func (f *finisher) write(ctx context.Context, batch []outcome) error {
+	p := db.FinishTasksParams{
+		Queue:       f.w.q.Name(),
+		Keys:        make([]string, len(batch)),
+		Generations: make([]int64, len(batch)),
+		States:      make([]string, len(batch)),
+		Errors:      make([]string, len(batch)),
+		Results:     make([]string, len(batch)),
+		TtlSeconds:  f.w.ttlSeconds(),
+	}
+	for i, o := range batch {
+		p.Keys[i], p.Generations[i] = o.key.key, o.key.generation
+		p.States[i], p.Errors[i], p.Results[i] = o.state, o.err, string(o.result)
+	}
+	_, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
+	return err
+}
+
+func (w *Worker) ttlSeconds() float64 {
+	if ttl := w.q.Config().ExecutionTTL; ttl > 0 {
+		return ttl.Seconds()
+	}
+	return 0
+}
+
+// listen keeps a dedicated connection listening for due tasks and cancels,
+// reconnecting when it is lost.
+func (w *Worker) listen(ctx context.Context) {
+	for failures := 0; ctx.Err() == nil; {
+		err := w.listenOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		w.logger.Warn("notification listener lost its connection; reconnecting", "error", err)
+		if !sleep(ctx, w.backoff(failures)) {
+			return
+		}
+		failures++
+	}
+}
+
+func (w *Worker) listenOnce(ctx context.Context) error {
+	conn, err := pgx.ConnectConfig(ctx, w.pool.Config().ConnConfig.Copy())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		conn.Close(cctx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+notify.Ready+"; LISTEN "+notify.Cancel); err != nil {
+		return err
+	}
+	// Anything may have become due while nobody listened.
+	signal(w.wake)
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		switch n.Channel {
+		case notify.Ready:
+			if n.Payload == w.q.Name() {
+				signal(w.wake)
+			}
+		case notify.Cancel:
+			if p, ok := notify.ParseCancel(n.Payload); ok && p.Queue == w.q.Name() {
+				w.inflight.cancelKey(p.Key)
+			}
+		}
+	}
+}
+
+// renewLeases extends the leases of the tasks in flight every quarter of the
+// redelivery timeout, and cancels those found cancelled in the database (a
+// backstop for a lost cancel notification).
+func (w *Worker) renewLeases(ctx context.Context) {
+	t := time.NewTicker(w.cfg.RedeliveryTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		keys, gens := w.inflight.snapshot()
+		if len(keys) == 0 {
+			continue
+		}
+		cancelled, err := w.queries.RenewLeases(ctx, w.pool, db.RenewLeasesParams{
+			Queue: w.q.Name(), Keys: keys, Generations: gens, Worker: w.cfg.Name, LeaseSeconds: w.leaseSeconds(),
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				w.logger.Warn("renewing task leases failed", "error", err)
+			}
+			continue
+		}
+		for _, k := range cancelled {
+			w.inflight.cancelKey(k)
+		}
+	}
+}
+
+// heartbeat announces the worker and, less often, deletes expired records
+// and workers that stopped announcing themselves.
+func (w *Worker) heartbeat(ctx context.Context) {
+	qc := w.q.Config()
+	t := time.NewTicker(qc.HeartbeatInterval)
+	defer t.Stop()
+	names := w.reg.Names()
+	gcEvery := min(max(qc.ExecutionTTL/4, time.Second), 30*time.Second)
+	var lastGC time.Time
+	for {
+		err := w.queries.Heartbeat(ctx, w.pool, db.HeartbeatParams{Queue: w.q.Name(), Name: w.cfg.Name, Tasks: names})
+		if err != nil && ctx.Err() == nil {
+			w.logger.Warn("heartbeat failed", "error", err)
+		}
+		if err == nil && time.Since(lastGC) >= gcEvery {
+			lastGC = time.Now()
+			w.collectGarbage(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+const gcBatch = 1000
+
+func (w *Worker) collectGarbage(ctx context.Context) {
+	for ctx.Err() == nil {
+		n, err := w.queries.DeleteExpired(ctx, w.pool, gcBatch)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				w.logger.Warn("deleting expired records failed", "error", err)
+			}
+			return
+		}
+		if n < gcBatch {
+			break
+		}
+	}
+	stale := 10 * w.q.WorkerStaleAfter()
+	if _, err := w.queries.DeleteStaleWorkers(ctx, w.pool, stale.Seconds()); err != nil && ctx.Err() == nil {
+		w.logger.Warn("deleting stale workers failed", "error", err)
+	}
+}

@@ -1,0 +1,278 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/queue"
+)
+
+// Defaults applied by [New] to a zero [Config].
+const (
+	DefaultConcurrency          = 10
+	DefaultRedeliveryTimeout    = 5 * time.Minute
+	DefaultReconnectionDelay    = 5 * time.Second
+	DefaultCheckInterval        = 250 * time.Millisecond
+	DefaultSchedulingResolution = 10 * time.Millisecond
+)
+
+// Config configures a [Worker]. The zero value is usable.
+type Config struct {
+	// Queue is the queue to work, with the same settings its producers use
+	// (above all ExecutionTTL). Defaults as queue.Config does.
+	Queue queue.Config
+
+	// Name identifies the worker in records, heartbeats and logs. Defaults
+	// to "hostname#pid".
+	Name string
+
+	// Concurrency is how many tasks run at once. Defaults to 10.
+	Concurrency int
+
+	// RedeliveryTimeout is the lease on a running task: the worker renews it
+	// every quarter of this while the task runs, and if the worker dies any
+	// other worker runs the task again once the lease lapses. Workers of one
+	// queue should agree on it. Defaults to 5 minutes.
+	RedeliveryTimeout time.Duration
+
+	// ReconnectionDelay caps the back-off between attempts while the
+	// database cannot be reached. Defaults to 5 seconds.
+	ReconnectionDelay time.Duration
+
+	// CheckInterval is how often an idle worker looks for due tasks when no
+	// notification arrives: the bound on pickup latency if notifications are
+	// lost. Defaults to 250ms.
+	CheckInterval time.Duration
+
+	// SchedulingResolution is the granularity of an idle worker's timer for
+	// the next future task: such a task starts at most this late, and
+	// future tasks due within one resolution are woken for together.
+	// Defaults to 10ms.
+	SchedulingResolution time.Duration
+
+	// Fallback runs tasks whose name no handler is registered for. It
+	// receives the stored arguments. Defaults to logging a warning and
+	// completing the task.
+	Fallback Handler[RawArgs]
+
+	// Logger receives the worker's own logs and is the parent of every task
+	// logger. Defaults to the queue config's Logger, or slog.Default().
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Name == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			host = "localhost"
+		}
+		c.Name = fmt.Sprintf("%s#%d", host, os.Getpid())
+	}
+	if len(c.Name) > queue.MaxNameLength {
+		return c, fmt.Errorf("%w: name is longer than %d bytes", ErrInvalidConfig, queue.MaxNameLength)
+	}
+	var err error
+	positive := func(d *time.Duration, def time.Duration, what string) {
+		switch {
+		case *d == 0:
+			*d = def
+		case *d < 0 && err == nil:
+			err = fmt.Errorf("%w: %s %v is negative", ErrInvalidConfig, what, *d)
+		}
+	}
+	positive(&c.RedeliveryTimeout, DefaultRedeliveryTimeout, "redelivery timeout")
+	positive(&c.ReconnectionDelay, DefaultReconnectionDelay, "reconnection delay")
+	positive(&c.CheckInterval, DefaultCheckInterval, "check interval")
+	positive(&c.SchedulingResolution, DefaultSchedulingResolution, "scheduling resolution")
+	if err != nil {
+		return c, err
+	}
+	switch {
+	case c.Concurrency == 0:
+		c.Concurrency = DefaultConcurrency
+	case c.Concurrency < 0:
+		return c, fmt.Errorf("%w: concurrency %d is negative", ErrInvalidConfig, c.Concurrency)
+	}
+	if c.Fallback == nil {
+		c.Fallback = dropUnknown
+	}
+	if c.Logger == nil {
+		c.Logger = c.Queue.Logger
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Queue.Logger == nil {
+		c.Queue.Logger = c.Logger
+	}
+	return c, nil
+}
+
+// Worker claims tasks of one queue and runs them with the handlers of its
+// registry. Create it with New and start it with Run; a Worker runs once.
+type Worker struct {
+	pool     *pgxpool.Pool
+	reg      *Registry
+	cfg      Config
+	q        *queue.Queue
+	queries  *db.Queries
+	logger   *slog.Logger
+	fallback *registration
+
+	started atomic.Bool
+
+	// Set by a run, read by its goroutines.
+	wake      chan struct{} // a notification or reconnect: tasks may be due
+	slotFreed chan struct{} // a handler returned
+	running   atomic.Int64  // handlers running now
+	inflight  inflightSet
+	done      *finisher
+	atMost    map[string]int // RunAtMost limits; nil otherwise
+	runs      map[string]int // claims per key under RunAtMost
+	atMostMu  sync.Mutex
+}
+
+// New returns a worker for the queue cfg.Queue names, running the tasks
+// registered in reg. It does not touch the database.
+func New(pool *pgxpool.Pool, reg *Registry, cfg Config) (*Worker, error) {
+	if pool == nil {
+		return nil, fmt.Errorf("%w: nil pool", ErrInvalidConfig)
+	}
+	if reg == nil {
+		return nil, fmt.Errorf("%w: nil registry", ErrInvalidConfig)
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	q, err := queue.New(pool, cfg.Queue)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	w := &Worker{
+		pool:     pool,
+		reg:      reg,
+		cfg:      cfg,
+		q:        q,
+		queries:  db.New(),
+		logger:   cfg.Logger.With("queue", q.Name(), "worker", cfg.Name),
+		fallback: &registration{name: "fallback", run: typedRun(cfg.Fallback)},
+	}
+	return w, nil
+}
+
+// Name returns the worker's name.
+func (w *Worker) Name() string { return w.cfg.Name }
+
+// Queue returns the queue the worker serves.
+func (w *Worker) Queue() *queue.Queue { return w.q }
+
+// Run claims and runs tasks until ctx is cancelled. Then it stops claiming,
+// waits for the running tasks to finish and record their outcome, and
+// returns nil. While the database cannot be reached it logs, backs off and
+// retries; it returns an error only if it cannot run at all.
+func (w *Worker) Run(ctx context.Context) error {
+	return w.run(ctx, false)
+}
+
+// RunUntilFinished runs tasks until the queue has none left to run: none
+// queued, scheduled (future ones included) or running on any worker. It
+// never returns for a queue fed by a self-rescheduling task.
+func (w *Worker) RunUntilFinished(ctx context.Context) error {
+	return w.run(ctx, true)
+}
+
+// RunAtMost runs like RunUntilFinished, but runs each key in limits at most
+// that many times: later deliveries of the key end cancelled without running.
+// It exists to test self-rescheduling tasks.
+func (w *Worker) RunAtMost(ctx context.Context, limits map[string]int) error {
+	w.atMost = make(map[string]int, len(limits))
+	for k, n := range limits {
+		w.atMost[k] = n
+	}
+	w.runs = make(map[string]int)
+	return w.run(ctx, true)
+}
+
+var errAlreadyStarted = errors.New("worker: Run may be called once")
+
+func (w *Worker) run(ctx context.Context, untilFinished bool) error {
+	if !w.started.CompareAndSwap(false, true) {
+		return errAlreadyStarted
+	}
+	w.wake = make(chan struct{}, 1)
+	w.slotFreed = make(chan struct{}, 1)
+	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
+	w.done = newFinisher(w)
+
+	// Services outlive ctx: they keep renewing leases and recording outcomes
+	// while running tasks drain, and stop after.
+	svcCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
+	var services sync.WaitGroup
+	services.Go(func() { w.listen(svcCtx) })
+	services.Go(func() { w.done.run(svcCtx) })
+	services.Go(func() { w.renewLeases(svcCtx) })
+	services.Go(func() { w.heartbeat(svcCtx) })
+
+	// Tasks run under their own contexts, cancelled only by a cancel.
+	var tasks sync.WaitGroup
+	w.claimLoop(ctx, untilFinished, &tasks)
+	tasks.Wait()
+	w.done.drain()
+	stopServices()
+	services.Wait()
+
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := w.queries.RemoveWorker(rctx, w.pool, db.RemoveWorkerParams{Queue: w.q.Name(), Name: w.cfg.Name}); err != nil {
+		w.logger.Warn("remove worker heartbeat", "error", err)
+	}
+	return nil
+}
+
+// signal does a non-blocking send on a size-1 channel.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// backoff returns the wait before attempt n (from 0) at reaching the
+// database: doubling from 100ms up to ReconnectionDelay, with jitter.
+func (w *Worker) backoff(n int) time.Duration {
+	d := 100 * time.Millisecond << min(n, 10)
+	d = min(d, w.cfg.ReconnectionDelay)
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits for d or ctx, reporting whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// leaseSeconds is the lease a claim or renewal grants.
+func (w *Worker) leaseSeconds() float64 { return w.cfg.RedeliveryTimeout.Seconds() }
+
+// sweepInterval is how often lapsed leases are looked for.
+func (w *Worker) sweepInterval() time.Duration {
+	return min(w.cfg.RedeliveryTimeout/4, time.Second)
+}
+
