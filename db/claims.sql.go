@@ -87,17 +87,23 @@ func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]
 
 const claimLapsed = `-- name: ClaimLapsed :many
 WITH lapsed AS (
-    SELECT key FROM shadows.tasks
+    SELECT key, cancel_requested FROM shadows.tasks
     WHERE queue = $3::text AND state = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT $4
     FOR UPDATE SKIP LOCKED
+), cancelled AS (
+    UPDATE shadows.tasks t
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => $5::float8)
+    FROM lapsed
+    WHERE t.queue = $3::text AND t.key = lapsed.key AND lapsed.cancel_requested
 )
 UPDATE shadows.tasks t
 SET worker = $1::text, started_at = now(), deliveries = t.deliveries + 1,
     lease_expires_at = now() + make_interval(secs => $2::float8)
 FROM lapsed
-WHERE t.queue = $3::text AND t.key = lapsed.key
+WHERE t.queue = $3::text AND t.key = lapsed.key AND NOT lapsed.cancel_requested
 RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
     t.deliveries, t.started_at
 `
@@ -107,6 +113,7 @@ type ClaimLapsedParams struct {
 	LeaseSeconds float64
 	Queue        string
 	MaxRows      int32
+	TtlSeconds   float64
 }
 
 type ClaimLapsedRow struct {
@@ -121,13 +128,15 @@ type ClaimLapsedRow struct {
 }
 
 // Redelivery: running tasks whose lease lapsed because their worker stopped
-// renewing it (it died or lost the database).
+// renewing it (it died or lost the database). A lapsed task that was asked
+// to cancel ends cancelled instead.
 func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParams) ([]ClaimLapsedRow, error) {
 	rows, err := db.Query(ctx, claimLapsed,
 		arg.Worker,
 		arg.LeaseSeconds,
 		arg.Queue,
 		arg.MaxRows,
+		arg.TtlSeconds,
 	)
 	if err != nil {
 		return nil, err
@@ -170,14 +179,14 @@ WITH ended AS (
     FROM ended
     WHERE $7::float8 > 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
-      AND t.state IN ('running', 'cancelled')
+      AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING ended
     WHERE $7::float8 <= 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
-      AND t.state IN ('running', 'cancelled')
+      AND t.state = 'running'
     RETURNING t.key
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
@@ -200,9 +209,9 @@ type FinishTasksRow struct {
 }
 
 // Records how a batch of tasks ended. A row whose generation moved on was
-// replaced or re-added while it ran: it is left alone (superseded). A row
-// cancelled while running ends as its handler ended. With no record lifetime
-// the rows are deleted instead. One notification wakes result waiters.
+// replaced or re-added while it ran: it is left alone (superseded). With no
+// record lifetime the rows are deleted instead. One notification wakes
+// result waiters.
 func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParams) (FinishTasksRow, error) {
 	row := db.QueryRow(ctx, finishTasks,
 		arg.Queue,
@@ -248,7 +257,7 @@ WITH mine AS (
 )
 SELECT t.key
 FROM shadows.tasks t JOIN mine ON t.key = mine.key AND t.generation = mine.generation
-WHERE t.queue = $1::text AND t.state = 'cancelled'
+WHERE t.queue = $1::text AND t.state = 'running' AND t.cancel_requested
 `
 
 type RenewLeasesParams struct {
@@ -260,7 +269,7 @@ type RenewLeasesParams struct {
 }
 
 // Extends the leases of this worker's running tasks and returns the keys
-// among them that were cancelled meanwhile.
+// among them that a cancel asked to stop.
 func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParams) ([]string, error) {
 	rows, err := db.Query(ctx, renewLeases,
 		arg.Queue,

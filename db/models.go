@@ -69,43 +69,45 @@ func (e ShadowsTaskState) Valid() bool {
 }
 
 type ShadowsExecution struct {
-	Queue       string
-	Key         string
-	Task        string
-	Args        json.RawMessage
-	State       string
-	When        time.Time
-	Attempt     int32
-	Generation  int64
-	Redelivered bool
-	Worker      *string
-	StartedAt   *time.Time
-	FinishedAt  *time.Time
-	Error       *string
-	Result      json.RawMessage
-	CreatedAt   time.Time
-	ExpiresAt   *time.Time
+	Queue           string
+	Key             string
+	Task            string
+	Args            json.RawMessage
+	State           string
+	When            time.Time
+	Attempt         int32
+	Generation      int64
+	Redelivered     bool
+	Worker          *string
+	CancelRequested bool
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+	Error           *string
+	Result          json.RawMessage
+	CreatedAt       time.Time
+	ExpiresAt       *time.Time
 }
 
 type ShadowsTask struct {
-	Queue          string
-	Key            string
-	Task           string
-	Args           json.RawMessage
-	State          ShadowsTaskState
-	Generation     int64
-	Seq            int64
-	RunAt          time.Time
-	Attempt        int32
-	Deliveries     int32
-	Worker         *string
-	StartedAt      *time.Time
-	LeaseExpiresAt *time.Time
-	FinishedAt     *time.Time
-	ExpiresAt      *time.Time
-	Error          *string
-	Result         json.RawMessage
-	CreatedAt      time.Time
+	Queue           string
+	Key             string
+	Task            string
+	Args            json.RawMessage
+	State           ShadowsTaskState
+	Generation      int64
+	Seq             int64
+	RunAt           time.Time
+	Attempt         int32
+	Deliveries      int32
+	Worker          *string
+	CancelRequested bool
+	StartedAt       *time.Time
+	LeaseExpiresAt  *time.Time
+	FinishedAt      *time.Time
+	ExpiresAt       *time.Time
+	Error           *string
+	Result          json.RawMessage
+	CreatedAt       time.Time
 }
 
 type ShadowsWorker struct {

@@ -18,7 +18,7 @@ VALUES ($1, $2, $3, $4, coalesce($5::timestamptz, now()))
 ON CONFLICT (queue, key) DO UPDATE
 SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
-    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now()
 WHERE t.state IN ('completed', 'failed', 'cancelled')
@@ -74,7 +74,7 @@ FROM (SELECT unnest($2::text[]) AS key, unnest($3::text[]) AS task,
 ON CONFLICT (queue, key) DO UPDATE
 SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
-    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now()
 WHERE t.state IN ('completed', 'failed', 'cancelled')
@@ -138,8 +138,11 @@ WITH old AS (
     FOR UPDATE
 ), upd AS (
     UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $3::float8)
+    SET state = CASE WHEN old.state = 'running' THEN t.state ELSE 'cancelled' END,
+        cancel_requested = (old.state = 'running'),
+        finished_at = CASE WHEN old.state = 'running' THEN NULL ELSE now() END,
+        expires_at = CASE WHEN old.state = 'running' THEN NULL
+                          ELSE now() + make_interval(secs => $3::float8) END
     FROM old
     WHERE t.queue = $1::text AND t.key = old.key
     RETURNING old.state AS previous
@@ -162,10 +165,10 @@ type CancelTaskRow struct {
 	Notified bool
 }
 
-// Cancels a scheduled or running task. The claim query only takes scheduled
-// rows, so a cancelled task that was due but unclaimed can never start; a
-// running one is told through a notification and keeps its generation, so
-// its worker still records how it ended.
+// Cancels a task that has not ended. The claim query only takes scheduled
+// rows, so a cancelled task that was due but unclaimed can never start. A
+// running task keeps running until its worker, told by a notification,
+// cancels its handler and records how it ended.
 func (q *Queries) CancelTask(ctx context.Context, db DBTX, arg CancelTaskParams) (CancelTaskRow, error) {
 	row := db.QueryRow(ctx, cancelTask, arg.Queue, arg.Key, arg.TtlSeconds)
 	var i CancelTaskRow
@@ -456,7 +459,7 @@ VALUES ($1, $2, $3, $4, coalesce($5::timestamptz, now()))
 ON CONFLICT (queue, key) DO UPDATE
 SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
-    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now()
 RETURNING t.generation, t.run_at, t.created_at,

@@ -31,6 +31,10 @@ CREATE TABLE shadows.tasks (
     -- Claims of this generation; more than one means the task was redelivered.
     deliveries       integer            NOT NULL DEFAULT 0,
     worker           text,
+    -- Set by a cancel that found the task running: its worker cancels the
+    -- handler and records how it ended, or, if that worker is gone, the
+    -- task ends cancelled when its lease lapses instead of running again.
+    cancel_requested boolean            NOT NULL DEFAULT false,
     started_at       timestamptz,
     lease_expires_at timestamptz,
     finished_at      timestamptz,
@@ -71,7 +75,7 @@ SELECT queue, key, task, args,
        CASE WHEN state = 'scheduled' AND run_at <= now() THEN 'queued'
             ELSE state::text END AS state,
        run_at AS "when", attempt, generation, deliveries > 1 AS redelivered,
-       worker, started_at, finished_at, error, result, created_at, expires_at
+       worker, cancel_requested, started_at, finished_at, error, result, created_at, expires_at
 FROM shadows.tasks;
 
 -- +goose Down

@@ -21,19 +21,26 @@ RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
 
 -- name: ClaimLapsed :many
 -- Redelivery: running tasks whose lease lapsed because their worker stopped
--- renewing it (it died or lost the database).
+-- renewing it (it died or lost the database). A lapsed task that was asked
+-- to cancel ends cancelled instead.
 WITH lapsed AS (
-    SELECT key FROM shadows.tasks
+    SELECT key, cancel_requested FROM shadows.tasks
     WHERE queue = @queue::text AND state = 'running' AND lease_expires_at < now()
     ORDER BY lease_expires_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
+), cancelled AS (
+    UPDATE shadows.tasks t
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => @ttl_seconds::float8)
+    FROM lapsed
+    WHERE t.queue = @queue::text AND t.key = lapsed.key AND lapsed.cancel_requested
 )
 UPDATE shadows.tasks t
 SET worker = @worker::text, started_at = now(), deliveries = t.deliveries + 1,
     lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
 FROM lapsed
-WHERE t.queue = @queue::text AND t.key = lapsed.key
+WHERE t.queue = @queue::text AND t.key = lapsed.key AND NOT lapsed.cancel_requested
 RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
     t.deliveries, t.started_at;
 
@@ -48,7 +55,7 @@ LIMIT 1;
 
 -- name: RenewLeases :many
 -- Extends the leases of this worker's running tasks and returns the keys
--- among them that were cancelled meanwhile.
+-- among them that a cancel asked to stop.
 WITH mine AS (
     SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation
 ), renewed AS (
@@ -61,13 +68,13 @@ WITH mine AS (
 )
 SELECT t.key
 FROM shadows.tasks t JOIN mine ON t.key = mine.key AND t.generation = mine.generation
-WHERE t.queue = @queue::text AND t.state = 'cancelled';
+WHERE t.queue = @queue::text AND t.state = 'running' AND t.cancel_requested;
 
 -- name: FinishTasks :one
 -- Records how a batch of tasks ended. A row whose generation moved on was
--- replaced or re-added while it ran: it is left alone (superseded). A row
--- cancelled while running ends as its handler ended. With no record lifetime
--- the rows are deleted instead. One notification wakes result waiters.
+-- replaced or re-added while it ran: it is left alone (superseded). With no
+-- record lifetime the rows are deleted instead. One notification wakes
+-- result waiters.
 WITH ended AS (
     SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
            unnest(@states::text[]) AS state, unnest(@errors::text[]) AS error,
@@ -81,14 +88,14 @@ WITH ended AS (
     FROM ended
     WHERE @ttl_seconds::float8 > 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
-      AND t.state IN ('running', 'cancelled')
+      AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING ended
     WHERE @ttl_seconds::float8 <= 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
-      AND t.state IN ('running', 'cancelled')
+      AND t.state = 'running'
     RETURNING t.key
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,

@@ -10,7 +10,7 @@ VALUES (@queue, @key, @task, @args, coalesce(sqlc.narg('run_at')::timestamptz, n
 ON CONFLICT (queue, key) DO UPDATE
 SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
-    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now()
 WHERE t.state IN ('completed', 'failed', 'cancelled')
@@ -26,7 +26,7 @@ VALUES (@queue, @key, @task, @args, coalesce(sqlc.narg('run_at')::timestamptz, n
 ON CONFLICT (queue, key) DO UPDATE
 SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
-    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now()
 RETURNING t.generation, t.run_at, t.created_at,
@@ -44,7 +44,7 @@ FROM (SELECT unnest(@keys::text[]) AS key, unnest(@tasks::text[]) AS task,
 ON CONFLICT (queue, key) DO UPDATE
 SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
-    attempt = 1, deliveries = 0, worker = NULL, started_at = NULL,
+    attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now()
 WHERE t.state IN ('completed', 'failed', 'cancelled')
@@ -54,18 +54,21 @@ RETURNING t.key, t.generation, t.run_at, t.created_at;
 SELECT pg_notify('shadows_ready', @queue::text);
 
 -- name: CancelTask :one
--- Cancels a scheduled or running task. The claim query only takes scheduled
--- rows, so a cancelled task that was due but unclaimed can never start; a
--- running one is told through a notification and keeps its generation, so
--- its worker still records how it ended.
+-- Cancels a task that has not ended. The claim query only takes scheduled
+-- rows, so a cancelled task that was due but unclaimed can never start. A
+-- running task keeps running until its worker, told by a notification,
+-- cancels its handler and records how it ended.
 WITH old AS (
     SELECT key, state FROM shadows.tasks
     WHERE queue = @queue::text AND key = @key::text AND state IN ('scheduled', 'running')
     FOR UPDATE
 ), upd AS (
     UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => @ttl_seconds::float8)
+    SET state = CASE WHEN old.state = 'running' THEN t.state ELSE 'cancelled' END,
+        cancel_requested = (old.state = 'running'),
+        finished_at = CASE WHEN old.state = 'running' THEN NULL ELSE now() END,
+        expires_at = CASE WHEN old.state = 'running' THEN NULL
+                          ELSE now() + make_interval(secs => @ttl_seconds::float8) END
     FROM old
     WHERE t.queue = @queue::text AND t.key = old.key
     RETURNING old.state AS previous

@@ -122,7 +122,7 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 	var claimed []*execution
 	if sweep {
 		rows, err := w.queries.ClaimLapsed(ctx, w.pool, db.ClaimLapsedParams{
-			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(free), LeaseSeconds: w.leaseSeconds(),
+			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(free), LeaseSeconds: w.leaseSeconds(), TtlSeconds: w.ttlSeconds(),
 		})
 		if err != nil {
 			return 0, err

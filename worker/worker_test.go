@@ -1,0 +1,657 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/shadows-go/shadows/internal/pgtest"
+	"github.com/shadows-go/shadows/queue"
+	"github.com/shadows-go/shadows/worker"
+)
+
+type Echo struct {
+	Text string `json:"text"`
+}
+
+func (Echo) TaskName() string { return "echo" }
+
+type Block struct {
+	ID string `json:"id"`
+}
+
+func (Block) TaskName() string { return "block" }
+
+type Count struct {
+	N int `json:"n"`
+}
+
+func (Count) TaskName() string { return "count" }
+
+type Mystery struct {
+	Clue string `json:"clue"`
+}
+
+func (Mystery) TaskName() string { return "mystery" }
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+type bundle struct {
+	pool *pgxpool.Pool
+	q    *queue.Queue
+	reg  *worker.Registry
+	cfg  worker.Config
+	logs *syncBuffer
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	pool := pgtest.Pool(t)
+	logs := &syncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	qcfg := queue.Config{Name: pgtest.QueueName(t), Logger: logger}
+	q, err := queue.New(pool, qcfg)
+	require.NoError(t, err)
+	return &bundle{
+		pool: pool,
+		q:    q,
+		reg:  worker.NewRegistry(),
+		logs: logs,
+		cfg: worker.Config{
+			Queue:         qcfg,
+			Name:          "test-worker",
+			CheckInterval: 50 * time.Millisecond,
+			Logger:        logger,
+		},
+	}
+}
+
+func (b *bundle) worker(t *testing.T) *worker.Worker {
+	t.Helper()
+	w, err := worker.New(b.pool, b.reg, b.cfg)
+	require.NoError(t, err)
+	return w
+}
+
+// runUntilFinished runs a worker until the queue is empty, bounded in time.
+func (b *bundle) runUntilFinished(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, b.worker(t).RunUntilFinished(ctx))
+	require.NoError(t, ctx.Err(), "the queue did not finish in time")
+}
+
+// start runs a worker in the background until the test ends.
+func (b *bundle) start(t *testing.T) *worker.Worker {
+	t.Helper()
+	w := b.worker(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(30 * time.Second):
+			t.Error("worker did not stop")
+		}
+	})
+	return w
+}
+
+func (b *bundle) wait(t *testing.T, key string) (*queue.Execution, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	return b.q.Wait(ctx, key)
+}
+
+// eventually polls cond every 10ms for up to 20s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRunsTasksAndRecordsResults(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		if task.Args.Text == "fail" {
+			return errors.New("asked to fail")
+		}
+		return task.SetResult(map[string]any{"echo": task.Args.Text, "attempt": task.Attempt, "worker": task.Worker})
+	}, worker.Policy{})
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Echo{Text: "hello"}, &queue.AddOpts{Key: "ok"})
+	require.NoError(t, err)
+	_, err = b.q.Add(ctx, Echo{Text: "fail"}, &queue.AddOpts{Key: "bad"})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+
+	ex, err := b.wait(t, "ok")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.Equal(t, "test-worker", ex.Worker)
+	require.False(t, ex.StartedAt.IsZero())
+	require.False(t, ex.FinishedAt.Before(ex.StartedAt))
+	require.JSONEq(t, `{"echo":"hello","attempt":1,"worker":"test-worker"}`, string(ex.Result))
+
+	type echoed struct {
+		Echo string `json:"echo"`
+	}
+	v, err := queue.Result[echoed](ctx, b.q, "ok")
+	require.NoError(t, err)
+	require.Equal(t, "hello", v.Echo)
+
+	ex, err = b.wait(t, "bad")
+	var te *queue.TaskError
+	require.ErrorAs(t, err, &te)
+	require.Equal(t, "asked to fail", te.Message)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Equal(t, "asked to fail", ex.Error)
+}
+
+func TestPanicsAndBadArgumentsFailOnlyTheirTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Count]) error {
+		if task.Args.N < 0 {
+			panic("negative count")
+		}
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Count{N: -1}, &queue.AddOpts{Key: "panics"})
+	require.NoError(t, err)
+	_, err = b.q.Add(ctx, Count{N: 1}, &queue.AddOpts{Key: "fine"})
+	require.NoError(t, err)
+	// A row whose arguments do not fit the registered type.
+	_, err = b.pool.Exec(ctx, `INSERT INTO shadows.tasks (queue, key, task, args) VALUES ($1, 'garbled', 'count', '{"n": "not a number"}')`, b.q.Name())
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+
+	ex, err := b.wait(t, "panics")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "panic: negative count")
+	require.Contains(t, b.logs.String(), "goroutine", "the stack is logged")
+
+	ex, err = b.wait(t, "garbled")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "count")
+	require.Contains(t, ex.Error, "Count.n", "the error names the field")
+
+	ex, err = b.wait(t, "fine")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+}
+
+func TestUnknownTasks(t *testing.T) {
+	t.Parallel()
+	t.Run("default fallback drops them", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		_, err := b.q.Add(t.Context(), Mystery{Clue: "x"}, &queue.AddOpts{Key: "m"})
+		require.NoError(t, err)
+		b.runUntilFinished(t)
+		ex, err := b.wait(t, "m")
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State)
+		require.Contains(t, b.logs.String(), `unknown task \"mystery\" — dropping`)
+	})
+	t.Run("custom fallback gets the raw arguments", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		var got worker.RawArgs
+		b.cfg.Fallback = func(ctx context.Context, task *worker.Task[worker.RawArgs]) error {
+			got = task.Args
+			return fmt.Errorf("%w: %s", worker.ErrUnknownTask, task.Args.Name)
+		}
+		_, err := b.q.Add(t.Context(), Mystery{Clue: "x"}, &queue.AddOpts{Key: "m"})
+		require.NoError(t, err)
+		b.runUntilFinished(t)
+		require.Equal(t, "mystery", got.Name)
+		require.JSONEq(t, `{"clue":"x"}`, string(got.JSON))
+		ex, err := b.wait(t, "m")
+		require.Error(t, err)
+		require.Equal(t, queue.StateFailed, ex.State)
+		require.Contains(t, ex.Error, "unknown task: mystery")
+	})
+}
+
+func TestCancelRunningTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	started := make(chan string, 2)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		started <- task.Args.ID
+		<-ctx.Done()
+		if task.Args.ID == "ignores" {
+			return nil // swallows the cancellation
+		}
+		return ctx.Err()
+	}, worker.Policy{})
+	b.start(t)
+	ctx := t.Context()
+	for _, id := range []string{"obeys", "ignores"} {
+		_, err := b.q.Add(ctx, Block{ID: id}, &queue.AddOpts{Key: id})
+		require.NoError(t, err)
+		require.Equal(t, id, <-started)
+		ex, err := b.q.Execution(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateRunning, ex.State)
+		require.NoError(t, b.q.Cancel(ctx, id))
+	}
+	ex, err := b.wait(t, "obeys")
+	require.ErrorIs(t, err, queue.ErrCancelled)
+	require.Equal(t, queue.StateCancelled, ex.State)
+	ex, err = b.wait(t, "ignores")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State, "a handler that ignores the cancellation completes")
+}
+
+func TestCancelledDueTaskNeverRuns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var ran atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Count]) error {
+		ran.Add(1)
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	for i := range 50 {
+		key := fmt.Sprint(i)
+		_, err := b.q.Add(ctx, Count{N: i}, &queue.AddOpts{Key: key})
+		require.NoError(t, err)
+		if i%2 == 0 {
+			require.NoError(t, b.q.Cancel(ctx, key))
+		}
+	}
+	b.runUntilFinished(t)
+	require.EqualValues(t, 25, ran.Load())
+	for i := range 50 {
+		ex, err := b.q.Execution(ctx, fmt.Sprint(i))
+		require.NoError(t, err)
+		want := queue.StateCompleted
+		if i%2 == 0 {
+			want = queue.StateCancelled
+		}
+		require.Equal(t, want, ex.State, "task %d", i)
+	}
+}
+
+func TestReplacedTaskRunsOnlyTheNewCopy(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var mu sync.Mutex
+	var seen []string
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		mu.Lock()
+		seen = append(seen, task.Args.Text)
+		mu.Unlock()
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Echo{Text: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	_, err = b.q.Replace(ctx, Echo{Text: "new"}, queue.AddOpts{Key: "k", When: time.Now()})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	require.Equal(t, []string{"new"}, seen)
+}
+
+func TestReplaceWhileRunningKeepsTheNewRecord(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	release := make(chan struct{})
+	started := make(chan string, 2)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		started <- task.Args.Text
+		if task.Args.Text == "old" {
+			<-release
+			return errors.New("the old copy failed")
+		}
+		return task.SetResult("new result")
+	}, worker.Policy{})
+	b.cfg.Concurrency = 2
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Echo{Text: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.Equal(t, "old", <-started)
+	ex, err := b.q.Replace(ctx, Echo{Text: "new"}, queue.AddOpts{Key: "k", When: time.Now()})
+	require.NoError(t, err)
+	require.EqualValues(t, 2, ex.Generation)
+	require.Equal(t, "new", <-started, "the replacement runs while the old copy still runs")
+	ex, err = b.wait(t, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	close(release)
+	// The old copy's failure must not overwrite the new record.
+	eventually(t, "the old copy has finished", func() bool {
+		var running int
+		_ = b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.tasks WHERE queue = $1 AND state = 'running'`, b.q.Name()).Scan(&running)
+		return running == 0
+	})
+	time.Sleep(100 * time.Millisecond) // give the old outcome's batch time to be written
+	ex, err = b.q.Execution(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.JSONEq(t, `"new result"`, string(ex.Result))
+	require.Empty(t, ex.Error)
+}
+
+func TestFutureTasksRunOnTime(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var mu sync.Mutex
+	startedAt := map[string]time.Time{}
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		mu.Lock()
+		startedAt[task.Key] = time.Now()
+		mu.Unlock()
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	when := time.Now().Add(300 * time.Millisecond)
+	_, err := b.q.Add(ctx, Echo{}, &queue.AddOpts{Key: "later", When: when})
+	require.NoError(t, err)
+	_, err = b.q.Add(ctx, Echo{}, &queue.AddOpts{Key: "now"})
+	require.NoError(t, err)
+	b.runUntilFinished(t) // RunUntilFinished waits for future tasks too
+	require.Len(t, startedAt, 2)
+	require.False(t, startedAt["later"].Before(when), "a future task never starts early")
+}
+
+func TestRecordsWithoutTTLAreDeleted(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.Queue.ExecutionTTL = queue.NoExecutionTTL
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	_, err := b.q.Add(t.Context(), Echo{}, &queue.AddOpts{Key: "gone"})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	_, err = b.q.Execution(t.Context(), "gone")
+	require.ErrorIs(t, err, queue.ErrNotFound)
+}
+
+func TestExpiredRecordsAreCollected(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.Queue.ExecutionTTL = 200 * time.Millisecond
+	b.cfg.Queue.HeartbeatInterval = 100 * time.Millisecond
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	_, err := b.q.Add(t.Context(), Echo{}, &queue.AddOpts{Key: "expires"})
+	require.NoError(t, err)
+	b.start(t)
+	ex, err := b.wait(t, "expires")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	eventually(t, "the expired record is deleted", func() bool {
+		_, err := b.q.Execution(t.Context(), "expires")
+		return errors.Is(err, queue.ErrNotFound)
+	})
+}
+
+func TestConcurrencyIsBoundedAndEachTaskRunsOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const tasks, concurrency = 400, 7
+	var running, peak atomic.Int64
+	var mu sync.Mutex
+	runs := map[int]int{}
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Count]) error {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		mu.Lock()
+		runs[task.Args.N]++
+		mu.Unlock()
+		time.Sleep(time.Millisecond)
+		return nil
+	}, worker.Policy{})
+	entries := make([]queue.Entry, tasks)
+	for i := range entries {
+		entries[i] = queue.Entry{Args: Count{N: i}}
+	}
+	_, err := b.q.AddMany(t.Context(), entries)
+	require.NoError(t, err)
+
+	// Two workers in this process share the queue.
+	b.cfg.Concurrency = concurrency
+	var wg sync.WaitGroup
+	for i := range 2 {
+		cfg := b.cfg
+		cfg.Name = fmt.Sprintf("w%d", i)
+		w, err := worker.New(b.pool, b.reg, cfg)
+		require.NoError(t, err)
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			require.NoError(t, w.RunUntilFinished(ctx))
+		})
+	}
+	wg.Wait()
+	require.Len(t, runs, tasks)
+	for n, c := range runs {
+		require.Equal(t, 1, c, "task %d ran %d times", n, c)
+	}
+	require.LessOrEqual(t, peak.Load(), int64(2*concurrency))
+	require.Positive(t, peak.Load())
+}
+
+func TestSingleWorkerConcurrencyLimit(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var running, peak atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Count]) error {
+		n := running.Add(1)
+		defer running.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+		return nil
+	}, worker.Policy{})
+	entries := make([]queue.Entry, 60)
+	for i := range entries {
+		entries[i] = queue.Entry{Args: Count{N: i}}
+	}
+	_, err := b.q.AddMany(t.Context(), entries)
+	require.NoError(t, err)
+	b.cfg.Concurrency = 3
+	b.runUntilFinished(t)
+	require.EqualValues(t, 3, peak.Load())
+}
+
+func TestTimeoutFailsTheTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		<-ctx.Done()
+		return ctx.Err()
+	}, worker.Policy{Timeout: 100 * time.Millisecond})
+	_, err := b.q.Add(t.Context(), Block{}, &queue.AddOpts{Key: "slow"})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	ex, err := b.wait(t, "slow")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "exceeded timeout of 100ms")
+}
+
+func TestRunAtMost(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Count]) error {
+		runs.Add(1)
+		// Reschedule itself under its own key, as a perpetual task does.
+		_, err := task.Queue.Replace(ctx, Count{N: task.Args.N + 1}, queue.AddOpts{Key: task.Key, When: time.Now()})
+		return err
+	}, worker.Policy{})
+	_, err := b.q.Add(t.Context(), Count{}, &queue.AddOpts{Key: "loop"})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, b.worker(t).RunAtMost(ctx, map[string]int{"loop": 3}))
+	require.EqualValues(t, 3, runs.Load())
+}
+
+func TestWorkersAreListed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.Queue.HeartbeatInterval = 50 * time.Millisecond
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Count]) error { return nil }, worker.Policy{})
+	w := b.worker(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	eventually(t, "the worker is listed", func() bool {
+		ws, err := b.q.Workers(t.Context())
+		require.NoError(t, err)
+		return len(ws) == 1
+	})
+	ws, err := b.q.Workers(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, "test-worker", ws[0].Name)
+	require.Equal(t, []string{"count", "echo"}, ws[0].Tasks)
+	tw, err := b.q.TaskWorkers(t.Context(), "echo")
+	require.NoError(t, err)
+	require.Len(t, tw, 1)
+	tw, err = b.q.TaskWorkers(t.Context(), "nobody-runs-this")
+	require.NoError(t, err)
+	require.Empty(t, tw)
+
+	cancel()
+	require.NoError(t, <-done)
+	ws, err = b.q.Workers(t.Context())
+	require.NoError(t, err)
+	require.Empty(t, ws, "a stopped worker removes itself")
+}
+
+func TestShutdownDrainsRunningTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	started := make(chan struct{}, 3)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		started <- struct{}{}
+		time.Sleep(300 * time.Millisecond)
+		return ctx.Err() // not cancelled by the shutdown
+	}, worker.Policy{})
+	for i := range 3 {
+		_, err := b.q.Add(t.Context(), Block{}, &queue.AddOpts{Key: fmt.Sprint(i)})
+		require.NoError(t, err)
+	}
+	w := b.worker(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	for range 3 {
+		<-started
+	}
+	cancel()
+	require.NoError(t, <-done)
+	for i := range 3 {
+		ex, err := b.q.Execution(t.Context(), fmt.Sprint(i))
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State, "task %d", i)
+	}
+}
+
+func TestRegistrationAndConfigErrors(t *testing.T) {
+	t.Parallel()
+	reg := worker.NewRegistry()
+	h := func(ctx context.Context, task *worker.Task[Echo]) error { return nil }
+	require.NoError(t, worker.Register(reg, h, worker.Policy{}))
+	require.ErrorIs(t, worker.Register(reg, h, worker.Policy{}), worker.ErrInvalidRegistration, "twice")
+	require.ErrorIs(t, worker.Register[Count](reg, nil, worker.Policy{}), worker.ErrInvalidRegistration)
+	require.ErrorIs(t, worker.Register(reg, func(ctx context.Context, task *worker.Task[Count]) error { return nil },
+		worker.Policy{Timeout: -time.Second}), worker.ErrInvalidRegistration)
+	require.Panics(t, func() { worker.MustRegister(reg, h, worker.Policy{}) })
+
+	pool := pgtest.Pool(t)
+	bad := []worker.Config{
+		{Concurrency: -1},
+		{RedeliveryTimeout: -time.Second},
+		{CheckInterval: -time.Second},
+		{Queue: queue.Config{Name: "bad\x01name"}},
+	}
+	for _, c := range bad {
+		_, err := worker.New(pool, reg, c)
+		require.ErrorIs(t, err, worker.ErrInvalidConfig, "%+v", c)
+	}
+	_, err := worker.New(nil, reg, worker.Config{})
+	require.ErrorIs(t, err, worker.ErrInvalidConfig)
+	w, err := worker.New(pool, reg, worker.Config{})
+	require.NoError(t, err)
+	require.Contains(t, w.Name(), "#")
+	require.Equal(t, queue.DefaultName, w.Queue().Name())
+}
+
+func TestPickupIsPromptWithNotifications(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.CheckInterval = time.Hour // only a notification can wake the worker
+	got := make(chan time.Time, 1)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		got <- time.Now()
+		return nil
+	}, worker.Policy{})
+	w := b.start(t)
+	eventually(t, "the worker listens", func() bool {
+		ws, _ := w.Queue().Workers(t.Context())
+		return len(ws) == 1
+	})
+	time.Sleep(50 * time.Millisecond) // past the worker's first idle poll
+	_, err := b.q.Add(t.Context(), Echo{}, nil)
+	require.NoError(t, err)
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("an idle worker was not woken by the notification")
+	}
+}
