@@ -275,4 +275,3 @@ func (w *Worker) leaseSeconds() float64 { return w.cfg.RedeliveryTimeout.Seconds
 func (w *Worker) sweepInterval() time.Duration {
 	return min(w.cfg.RedeliveryTimeout/4, time.Second)
 }
-
