@@ -21,6 +21,11 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 	)
 	for ctx.Err() == nil {
 		free := w.cfg.Concurrency - int(w.running.Load())
+		if w.done.backlogged() {
+			// Outcomes are ended faster than they are recorded: claim
+			// nothing more until the finisher catches up.
+			free = 0
+		}
 		if free > 0 {
 			sweep := time.Since(lastSweep) >= w.sweepInterval()
 			n, err := w.claim(ctx, free, sweep, tasks)

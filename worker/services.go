@@ -38,6 +38,17 @@ func (f *finisher) push(o outcome) {
 	signal(f.kick)
 }
 
+// maxUnrecorded bounds the outcomes waiting to be recorded; past it the
+// worker stops claiming, so memory stays bounded when the database records
+// outcomes more slowly than handlers produce them.
+const maxUnrecorded = 2 * finishBatch
+
+func (f *finisher) backlogged() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pending) >= maxUnrecorded
+}
+
 // idle reports whether every outcome handed over has been recorded.
 func (f *finisher) idle() bool {
 	f.mu.Lock()
@@ -105,6 +116,7 @@ func (f *finisher) flush(ctx context.Context) bool {
 	for _, o := range batch {
 		f.w.inflight.remove(o.key)
 	}
+	signal(f.w.slotFreed) // a backlogged claim loop may go on
 	return true
 }
 
