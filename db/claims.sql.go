@@ -169,49 +169,77 @@ const finishTasks = `-- name: FinishTasks :one
 WITH ended AS (
     SELECT unnest($2::text[]) AS key, unnest($3::bigint[]) AS generation,
            unnest($4::text[]) AS state, unnest($5::text[]) AS error,
-           unnest($6::text[]) AS result
+           unnest($6::text[]) AS result, unnest($7::timestamptz[]) AS next_run_at,
+           unnest($8::text[]) AS next_args, unnest($9::int[]) AS next_attempt
+), rescheduled AS (
+    UPDATE shadows.tasks t
+    SET state = 'scheduled', run_at = ended.next_run_at,
+        args = coalesce(nullif(ended.next_args, '')::jsonb, t.args),
+        attempt = ended.next_attempt, generation = t.generation + 1, deliveries = 0,
+        worker = NULL, started_at = NULL, lease_expires_at = NULL,
+        error = nullif(ended.error, ''), result = NULL
+    FROM ended
+    WHERE ended.state = 'scheduled'
+      AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.state = 'running' AND NOT t.cancel_requested
+    RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
     UPDATE shadows.tasks t
     SET state = ended.state::shadows.task_state, finished_at = now(),
         lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $7::float8),
+        expires_at = now() + make_interval(secs => $10::float8),
         error = nullif(ended.error, ''), result = nullif(ended.result, '')::jsonb
     FROM ended
-    WHERE $7::float8 > 0
+    WHERE ended.state <> 'scheduled' AND $10::float8 > 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING ended
-    WHERE $7::float8 <= 0
+    WHERE ended.state <> 'scheduled' AND $10::float8 <= 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key
 )
-SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
-    (SELECT true FROM pg_notify('shadows_done', $1::text))::bool AS notified
+SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
+        + (SELECT count(*) FROM rescheduled))::bigint AS n,
+    (SELECT true FROM pg_notify('shadows_done', $1::text))::bool AS notified_done,
+    CASE WHEN EXISTS (SELECT 1 FROM rescheduled WHERE due)
+         THEN (SELECT true FROM pg_notify('shadows_ready', $1::text))
+         ELSE false END::bool AS notified_ready
 `
 
 type FinishTasksParams struct {
-	Queue       string
-	Keys        []string
-	Generations []int64
-	States      []string
-	Errors      []string
-	Results     []string
-	TtlSeconds  float64
+	Queue        string
+	Keys         []string
+	Generations  []int64
+	States       []string
+	Errors       []string
+	Results      []string
+	NextRunAts   []time.Time
+	NextArgs     []string
+	NextAttempts []int32
+	TtlSeconds   float64
 }
 
 type FinishTasksRow struct {
-	N        int64
-	Notified bool
+	N             int64
+	NotifiedDone  bool
+	NotifiedReady bool
 }
 
-// Records how a batch of tasks ended. A row whose generation moved on was
-// replaced or re-added while it ran: it is left alone (superseded). With no
-// record lifetime the rows are deleted instead. One notification wakes
-// result waiters.
+// Records how a batch of runs ended, each in one of two ways:
+//   - ended (completed, failed, cancelled): the record gets its end state;
+//     with no record lifetime the row is deleted instead;
+//   - rescheduled (a retry, or a perpetual task's next run): the same row
+//     becomes the next run — new time, arguments and attempt, next
+//     generation — so the end of one run and the birth of the next are one
+//     atomic row update, and a crash can neither lose nor double the chain.
+//
+// A row whose generation moved on was replaced or re-added while it ran: it
+// is left alone (superseded). Notifications wake result waiters and, when a
+// rescheduled run is already due, idle workers.
 func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParams) (FinishTasksRow, error) {
 	row := db.QueryRow(ctx, finishTasks,
 		arg.Queue,
@@ -220,10 +248,13 @@ func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParam
 		arg.States,
 		arg.Errors,
 		arg.Results,
+		arg.NextRunAts,
+		arg.NextArgs,
+		arg.NextAttempts,
 		arg.TtlSeconds,
 	)
 	var i FinishTasksRow
-	err := row.Scan(&i.N, &i.Notified)
+	err := row.Scan(&i.N, &i.NotifiedDone, &i.NotifiedReady)
 	return i, err
 }
 
@@ -294,4 +325,44 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 		return nil, err
 	}
 	return items, nil
+}
+
+const setProgress = `-- name: SetProgress :exec
+UPDATE shadows.tasks
+SET progress_current = CASE
+        WHEN $1::bigint IS NOT NULL THEN $1::bigint
+        WHEN $2::bigint IS NOT NULL
+            THEN coalesce(progress_current, 0) + $2::bigint
+        ELSE progress_current END,
+    progress_total = coalesce($3::bigint, progress_total),
+    progress_message = CASE WHEN $4::text IS NULL THEN progress_message
+                            ELSE nullif($4::text, '') END,
+    progress_at = now()
+WHERE queue = $5::text AND key = $6::text AND generation = $7::bigint
+  AND state = 'running'
+`
+
+type SetProgressParams struct {
+	Current    *int64
+	Increment  *int64
+	Total      *int64
+	Message    *string
+	Queue      string
+	Key        string
+	Generation int64
+}
+
+// Progress of a running task, guarded by the generation its worker claimed.
+// A null argument leaves that part as it is; an empty message clears it.
+func (q *Queries) SetProgress(ctx context.Context, db DBTX, arg SetProgressParams) error {
+	_, err := db.Exec(ctx, setProgress,
+		arg.Current,
+		arg.Increment,
+		arg.Total,
+		arg.Message,
+		arg.Queue,
+		arg.Key,
+		arg.Generation,
+	)
+	return err
 }

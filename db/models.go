@@ -86,6 +86,10 @@ type ShadowsExecution struct {
 	Result          json.RawMessage
 	CreatedAt       time.Time
 	ExpiresAt       *time.Time
+	ProgressCurrent *int64
+	ProgressTotal   *int64
+	ProgressMessage *string
+	ProgressAt      *time.Time
 }
 
 type ShadowsTask struct {
@@ -108,6 +112,10 @@ type ShadowsTask struct {
 	Error           *string
 	Result          json.RawMessage
 	CreatedAt       time.Time
+	ProgressCurrent *int64
+	ProgressTotal   *int64
+	ProgressMessage *string
+	ProgressAt      *time.Time
 }
 
 type ShadowsWorker struct {

@@ -20,7 +20,8 @@ SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now()
+    error = NULL, result = NULL, created_at = now(),
+    progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
 WHERE t.state IN ('completed', 'failed', 'cancelled')
 RETURNING t.generation, t.run_at, t.created_at,
     CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified
@@ -76,7 +77,8 @@ SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now()
+    error = NULL, result = NULL, created_at = now(),
+    progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
 WHERE t.state IN ('completed', 'failed', 'cancelled')
 RETURNING t.key, t.generation, t.run_at, t.created_at
 `
@@ -275,6 +277,7 @@ func (q *Queries) DeleteTask(ctx context.Context, db DBTX, arg DeleteTaskParams)
 const getTask = `-- name: GetTask :one
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        worker, started_at, finished_at, expires_at, error, result, created_at,
+       progress_current, progress_total, progress_message, progress_at,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = $1::text AND key = $2::text
@@ -286,23 +289,27 @@ type GetTaskParams struct {
 }
 
 type GetTaskRow struct {
-	Queue      string
-	Key        string
-	Task       string
-	Args       json.RawMessage
-	State      ShadowsTaskState
-	Generation int64
-	RunAt      time.Time
-	Attempt    int32
-	Deliveries int32
-	Worker     *string
-	StartedAt  *time.Time
-	FinishedAt *time.Time
-	ExpiresAt  *time.Time
-	Error      *string
-	Result     json.RawMessage
-	CreatedAt  time.Time
-	Now        time.Time
+	Queue           string
+	Key             string
+	Task            string
+	Args            json.RawMessage
+	State           ShadowsTaskState
+	Generation      int64
+	RunAt           time.Time
+	Attempt         int32
+	Deliveries      int32
+	Worker          *string
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+	ExpiresAt       *time.Time
+	Error           *string
+	Result          json.RawMessage
+	CreatedAt       time.Time
+	ProgressCurrent *int64
+	ProgressTotal   *int64
+	ProgressMessage *string
+	ProgressAt      *time.Time
+	Now             time.Time
 }
 
 func (q *Queries) GetTask(ctx context.Context, db DBTX, arg GetTaskParams) (GetTaskRow, error) {
@@ -325,6 +332,10 @@ func (q *Queries) GetTask(ctx context.Context, db DBTX, arg GetTaskParams) (GetT
 		&i.Error,
 		&i.Result,
 		&i.CreatedAt,
+		&i.ProgressCurrent,
+		&i.ProgressTotal,
+		&i.ProgressMessage,
+		&i.ProgressAt,
 		&i.Now,
 	)
 	return i, err
@@ -461,7 +472,8 @@ SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now()
+    error = NULL, result = NULL, created_at = now(),
+    progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
 RETURNING t.generation, t.run_at, t.created_at,
     CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified
 `

@@ -71,14 +71,33 @@ FROM shadows.tasks t JOIN mine ON t.key = mine.key AND t.generation = mine.gener
 WHERE t.queue = @queue::text AND t.state = 'running' AND t.cancel_requested;
 
 -- name: FinishTasks :one
--- Records how a batch of tasks ended. A row whose generation moved on was
--- replaced or re-added while it ran: it is left alone (superseded). With no
--- record lifetime the rows are deleted instead. One notification wakes
--- result waiters.
+-- Records how a batch of runs ended, each in one of two ways:
+--   - ended (completed, failed, cancelled): the record gets its end state;
+--     with no record lifetime the row is deleted instead;
+--   - rescheduled (a retry, or a perpetual task's next run): the same row
+--     becomes the next run — new time, arguments and attempt, next
+--     generation — so the end of one run and the birth of the next are one
+--     atomic row update, and a crash can neither lose nor double the chain.
+-- A row whose generation moved on was replaced or re-added while it ran: it
+-- is left alone (superseded). Notifications wake result waiters and, when a
+-- rescheduled run is already due, idle workers.
 WITH ended AS (
     SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
            unnest(@states::text[]) AS state, unnest(@errors::text[]) AS error,
-           unnest(@results::text[]) AS result
+           unnest(@results::text[]) AS result, unnest(@next_run_ats::timestamptz[]) AS next_run_at,
+           unnest(@next_args::text[]) AS next_args, unnest(@next_attempts::int[]) AS next_attempt
+), rescheduled AS (
+    UPDATE shadows.tasks t
+    SET state = 'scheduled', run_at = ended.next_run_at,
+        args = coalesce(nullif(ended.next_args, '')::jsonb, t.args),
+        attempt = ended.next_attempt, generation = t.generation + 1, deliveries = 0,
+        worker = NULL, started_at = NULL, lease_expires_at = NULL,
+        error = nullif(ended.error, ''), result = NULL
+    FROM ended
+    WHERE ended.state = 'scheduled'
+      AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.state = 'running' AND NOT t.cancel_requested
+    RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
     UPDATE shadows.tasks t
     SET state = ended.state::shadows.task_state, finished_at = now(),
@@ -86,17 +105,37 @@ WITH ended AS (
         expires_at = now() + make_interval(secs => @ttl_seconds::float8),
         error = nullif(ended.error, ''), result = nullif(ended.result, '')::jsonb
     FROM ended
-    WHERE @ttl_seconds::float8 > 0
+    WHERE ended.state <> 'scheduled' AND @ttl_seconds::float8 > 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING ended
-    WHERE @ttl_seconds::float8 <= 0
+    WHERE ended.state <> 'scheduled' AND @ttl_seconds::float8 <= 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key
 )
-SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
-    (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified;
+SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
+        + (SELECT count(*) FROM rescheduled))::bigint AS n,
+    (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done,
+    CASE WHEN EXISTS (SELECT 1 FROM rescheduled WHERE due)
+         THEN (SELECT true FROM pg_notify('shadows_ready', @queue::text))
+         ELSE false END::bool AS notified_ready;
+
+-- name: SetProgress :exec
+-- Progress of a running task, guarded by the generation its worker claimed.
+-- A null argument leaves that part as it is; an empty message clears it.
+UPDATE shadows.tasks
+SET progress_current = CASE
+        WHEN sqlc.narg('current')::bigint IS NOT NULL THEN sqlc.narg('current')::bigint
+        WHEN sqlc.narg('increment')::bigint IS NOT NULL
+            THEN coalesce(progress_current, 0) + sqlc.narg('increment')::bigint
+        ELSE progress_current END,
+    progress_total = coalesce(sqlc.narg('total')::bigint, progress_total),
+    progress_message = CASE WHEN sqlc.narg('message')::text IS NULL THEN progress_message
+                            ELSE nullif(sqlc.narg('message')::text, '') END,
+    progress_at = now()
+WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bigint
+  AND state = 'running';

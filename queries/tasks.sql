@@ -12,7 +12,8 @@ SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now()
+    error = NULL, result = NULL, created_at = now(),
+    progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
 WHERE t.state IN ('completed', 'failed', 'cancelled')
 RETURNING t.generation, t.run_at, t.created_at,
     CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified;
@@ -28,7 +29,8 @@ SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now()
+    error = NULL, result = NULL, created_at = now(),
+    progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
 RETURNING t.generation, t.run_at, t.created_at,
     CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified;
 
@@ -46,7 +48,8 @@ SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now()
+    error = NULL, result = NULL, created_at = now(),
+    progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
 WHERE t.state IN ('completed', 'failed', 'cancelled')
 RETURNING t.key, t.generation, t.run_at, t.created_at;
 
@@ -85,6 +88,7 @@ DELETE FROM shadows.tasks WHERE queue = @queue::text AND key = @key::text AND st
 -- name: GetTask :one
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        worker, started_at, finished_at, expires_at, error, result, created_at,
+       progress_current, progress_total, progress_message, progress_at,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = @queue::text AND key = @key::text;

@@ -49,7 +49,7 @@ func (s *inflightSet) add(x *execution) *inflight {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &inflight{x: x, ctx: ctx, cancel: cancel}
 	s.mu.Lock()
-	s.m[inflightKey{x.key, x.generation}] = f
+	s.m[inflightKey{x.Key, x.generation}] = f
 	s.mu.Unlock()
 	return f
 }
@@ -79,15 +79,6 @@ func (s *inflightSet) cancelKey(key string) {
 	}
 }
 
-func (s *inflightSet) cancelExact(k inflightKey) {
-	s.mu.Lock()
-	f := s.m[k]
-	s.mu.Unlock()
-	if f != nil {
-		f.markCancelled()
-	}
-}
-
 func (s *inflightSet) snapshot() (keys []string, generations []int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -98,82 +89,171 @@ func (s *inflightSet) snapshot() (keys []string, generations []int64) {
 	return keys, generations
 }
 
+// Outcome states as the finisher records them.
+const (
+	stateCompleted   = "completed"
+	stateFailed      = "failed"
+	stateCancelled   = "cancelled"
+	stateRescheduled = "scheduled" // a retry or a perpetual task's next run
+)
+
 // outcome is how a run ended, as the finisher records it.
 type outcome struct {
-	key        inflightKey
-	state      string // completed, failed or cancelled
-	err        string
-	result     json.RawMessage
-	recordedCh chan struct{} // closed once written; nil if nobody waits
+	key    inflightKey
+	state  string
+	err    string
+	result json.RawMessage
+	// For stateRescheduled: the next run.
+	nextAt      time.Time
+	nextArgs    json.RawMessage // nil keeps the arguments
+	nextAttempt int
 }
 
 // execute runs one claimed task and hands its outcome to the finisher.
 func (w *Worker) execute(f *inflight) {
 	x := f.x
-	reg := w.reg.lookup(x.name)
+	reg := w.reg.lookup(x.Name)
 	if reg == nil {
 		reg = w.fallback
 	}
-	x.logger = w.logger.With("task", x.name, "key", x.key, "attempt", x.attempt)
-	out := outcome{key: inflightKey{x.key, x.generation}}
+	x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
+	out := outcome{key: inflightKey{x.Key, x.generation}}
+	policy := reg.policy
 
-	if w.atMost != nil && w.exceedsAtMost(x.key) {
-		x.logger.Info("task dropped: it reached its RunAtMost limit")
-		out.state = "cancelled"
+	if w.atMost != nil && w.exceedsAtMost(x.Key) {
+		x.Logger.Info("task dropped: it reached its RunAtMost limit")
+		out.state = stateCancelled
 		w.done.push(out)
 		return
 	}
 
-	ctx := f.ctx
-	if reg.policy.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeoutCause(ctx, reg.policy.Timeout,
-			fmt.Errorf("task %s exceeded timeout of %v", x.key, reg.policy.Timeout))
-		defer cancel()
-	}
-	logInfo := x.logger.Enabled(ctx, slog.LevelInfo)
-	if logInfo {
-		x.logger.Info("task started", "lateness", x.started.Sub(x.when).Round(time.Millisecond), "redelivered", x.redelivered)
-	}
-	begin := time.Now()
-	result, err := w.call(ctx, reg, x)
-	switch {
-	case err == nil:
-		out.state = "completed"
-		out.result = result
-	case f.wasCancelled():
-		out.state = "cancelled"
-	default:
-		if cause := context.Cause(ctx); errors.Is(err, context.DeadlineExceeded) && cause != nil && cause != context.DeadlineExceeded {
-			err = cause
+	x.timeout = &Timeout{base: policy.Timeout}
+	ctx, stop := x.timeout.start(f.ctx, &errTimeout{key: x.Key, limit: policy.Timeout})
+	defer stop()
+	if policy.perpetual() {
+		x.perpetual = &perpetualState{}
+		if policy.Perpetual != nil {
+			x.perpetual.every = policy.Perpetual.Every
 		}
-		out.state = "failed"
-		out.err = err.Error()
 	}
-	if logInfo || out.state == "failed" {
-		attrs := []any{"state", out.state, "duration", time.Since(begin).Round(time.Microsecond)}
-		if out.state == "failed" {
-			x.logger.Error("task failed", append(attrs, "error", out.err)...)
-		} else {
-			x.logger.Info("task finished", attrs...)
+	logInfo := x.Logger.Enabled(ctx, slog.LevelInfo)
+	var (
+		begin time.Time
+		call  string
+	)
+	x.begin = func(c string) {
+		call, begin = c, time.Now()
+		if logInfo {
+			x.Logger.Info("↪ "+call, "lateness", x.started.Sub(x.When).Round(time.Millisecond), "redelivered", x.Redelivered)
+		}
+	}
+	result, err := w.call(ctx, reg, x)
+	if begin.IsZero() { // the handler never started
+		begin = time.Now()
+		call = x.Name + "(…)"
+	}
+	took := time.Since(begin).Round(time.Microsecond)
+	if err != nil {
+		if c := context.Cause(ctx); errors.Is(err, context.Canceled) && c != nil && !errors.Is(c, context.Canceled) {
+			err = c // the time limit, not a bare "context canceled"
+		}
+	}
+	w.decide(&out, f, reg, err, result)
+	switch out.state {
+	case stateFailed:
+		x.Logger.Error("↩ "+call+" failed", "duration", took, "error", out.err)
+	case stateRescheduled:
+		level, msg := slog.LevelInfo, "↫ "+call
+		if err != nil {
+			level, msg = slog.LevelError, "↫ "+call+" failed; rescheduled"
+		}
+		if x.Logger.Enabled(ctx, level) {
+			x.Logger.Log(ctx, level, msg, "duration", took, "next", out.nextAt, "next_attempt", out.nextAttempt, "error", out.err)
+		}
+	default:
+		if logInfo {
+			x.Logger.Info("↩ "+call, "state", out.state, "duration", took)
 		}
 	}
 	w.done.push(out)
+}
+
+// decide turns how a run ended into the outcome to record, applying the
+// retry and perpetual policies.
+func (w *Worker) decide(out *outcome, f *inflight, reg *registration, err error, result json.RawMessage) {
+	x, policy := f.x, reg.policy
+	now := time.Now()
+	if err != nil {
+		out.err = err.Error()
+	}
+	switch {
+	case err == nil:
+		out.state, out.result = stateCompleted, result
+	case f.wasCancelled():
+		// A cancel ends the task and, for a perpetual one, its chain.
+		out.state = stateCancelled
+		return
+	case policy.retryAllowed(x.Attempt) && !isArgsError(err):
+		out.state, out.nextAttempt = stateRescheduled, x.Attempt+1
+		out.nextAt = now.Add(policy.backoff(x.Attempt))
+		var req *RetryRequest
+		if errors.As(err, &req) {
+			out.nextAt = req.when(now)
+		}
+		return
+	default:
+		out.state = stateFailed
+	}
+	if x.perpetual == nil {
+		return
+	}
+	// A perpetual task goes on after success and after its last failure.
+	p := x.perpetual
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cancel || (w.atMost != nil && w.reachedAtMost(x.Key)) {
+		return
+	}
+	out.state, out.result, out.nextAttempt, out.nextArgs = stateRescheduled, nil, 1, p.args
+	switch {
+	case !p.at.IsZero():
+		out.nextAt = p.at
+	case p.hasAfter:
+		out.nextAt = now.Add(p.after)
+	case policy.schedule != nil:
+		out.nextAt = policy.nextCron(x.started)
+	default:
+		out.nextAt = x.started.Add(p.every)
+	}
+}
+
+func isArgsError(err error) bool {
+	var ae *ArgsError
+	return errors.As(err, &ae)
 }
 
 // call runs the handler, turning a panic into an error.
 func (w *Worker) call(ctx context.Context, reg *registration, x *execution) (result json.RawMessage, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			x.logger.Error("task panicked", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			x.Logger.Error("task panicked", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			result, err = nil, fmt.Errorf("panic: %v", p)
 		}
 	}()
 	return reg.run(ctx, x)
 }
 
+// withMiddleware runs fn inside the worker's middleware, first outermost.
+func (w *Worker) withMiddleware(ctx context.Context, info *Info, fn func(context.Context) error) error {
+	for i := len(w.cfg.Middleware) - 1; i >= 0; i-- {
+		mw, next := w.cfg.Middleware[i], fn
+		fn = func(ctx context.Context) error { return mw(ctx, info, next) }
+	}
+	return fn(ctx)
+}
+
 // exceedsAtMost counts a claim of key and reports whether it is past the
-// key's RunAtMost limit. Only the claim loop's goroutines call it.
+// key's RunAtMost limit.
 func (w *Worker) exceedsAtMost(key string) bool {
 	limit, ok := w.atMost[key]
 	if !ok {
@@ -183,4 +263,16 @@ func (w *Worker) exceedsAtMost(key string) bool {
 	defer w.atMostMu.Unlock()
 	w.runs[key]++
 	return w.runs[key] > limit
+}
+
+// reachedAtMost reports whether key has run as often as RunAtMost allows, so
+// that its chain must not go on.
+func (w *Worker) reachedAtMost(key string) bool {
+	limit, ok := w.atMost[key]
+	if !ok {
+		return false
+	}
+	w.atMostMu.Lock()
+	defer w.atMostMu.Unlock()
+	return w.runs[key] >= limit
 }

@@ -154,15 +154,18 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 
 func (w *Worker) newExecution(r db.ClaimDueRow) *execution {
 	x := &execution{
-		key:         r.Key,
-		name:        r.Task,
-		args:        r.Args,
-		generation:  r.Generation,
-		attempt:     int(r.Attempt),
-		when:        r.RunAt,
-		redelivered: r.Deliveries > 1,
-		worker:      w.cfg.Name,
-		q:           w.q,
+		Info: Info{
+			Key:         r.Key,
+			Name:        r.Task,
+			Attempt:     int(r.Attempt),
+			When:        r.RunAt,
+			Redelivered: r.Deliveries > 1,
+			Worker:      w.cfg.Name,
+			Queue:       w.q,
+		},
+		args:       r.Args,
+		generation: r.Generation,
+		w:          w,
 	}
 	if r.StartedAt != nil {
 		x.started = *r.StartedAt

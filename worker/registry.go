@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
+	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/shadows-go/shadows/internal/argtag"
 	"github.com/shadows-go/shadows/queue"
 )
 
@@ -21,7 +23,7 @@ var (
 	// register.
 	ErrInvalidRegistration = errors.New("invalid task registration")
 	// ErrUnknownTask is the error of a task no handler is registered for,
-	// when the fallback chooses to fail it.
+	// when a fallback chooses to fail it.
 	ErrUnknownTask = errors.New("unknown task")
 )
 
@@ -30,43 +32,12 @@ var (
 // shutting down lets handlers finish.
 type Handler[T queue.Args] func(ctx context.Context, t *Task[T]) error
 
-// Task is what a handler receives: the decoded arguments and the task's own
-// view of its execution.
-type Task[T queue.Args] struct {
-	// Args are the task's arguments.
-	Args T
-	// Key is the task's key.
-	Key string
-	// Name is the task name the task was added under.
-	Name string
-	// Attempt counts runs of this task, from 1.
-	Attempt int
-	// When is the time the task was due.
-	When time.Time
-	// Redelivered is true when an earlier worker started this task and
-	// stopped renewing its lease (it died or lost the database).
-	Redelivered bool
-	// Worker is the name of the worker running the task.
-	Worker string
-	// Queue is the queue the task came from, for adding follow-up tasks.
-	Queue *queue.Queue
-	// Logger carries the queue, task name, key, attempt and worker.
-	Logger *slog.Logger
-
-	result json.RawMessage
-}
-
-// SetResult records v, as JSON, as the task's result: callers read it with
-// queue.Result or Execution.DecodeResult once the task has completed. It
-// returns an error when v cannot be encoded.
-func (t *Task[T]) SetResult(v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("set result of task %q: %w", t.Key, err)
-	}
-	t.result = raw
-	return nil
-}
+// Middleware wraps every task a worker runs, around the handler and inside
+// the task's timeout. It calls next to run the task (and any inner
+// middleware) and may act before and after it; returning an error without
+// calling next fails the task without running it. Middleware runs in the
+// order given: the first is outermost.
+type Middleware func(ctx context.Context, info *Info, next func(context.Context) error) error
 
 // RawArgs are the arguments of a task handed to a fallback: the name it was
 // added under and its arguments as stored.
@@ -77,20 +48,6 @@ type RawArgs struct {
 
 // TaskName returns the name the task was added under.
 func (a RawArgs) TaskName() string { return a.Name }
-
-// Policy is how the worker runs a registered task.
-type Policy struct {
-	// Timeout bounds each run: the handler's context is cancelled after it,
-	// and the run fails. Zero means no limit.
-	Timeout time.Duration
-}
-
-func (p Policy) validate() error {
-	if p.Timeout < 0 {
-		return fmt.Errorf("timeout %v is negative", p.Timeout)
-	}
-	return nil
-}
 
 // Registry maps task names to handlers. Register every task before creating
 // workers with it. It is safe for concurrent use.
@@ -103,52 +60,86 @@ type Registry struct {
 // arguments and calls the typed handler.
 type registration struct {
 	name   string
-	policy Policy
+	policy *compiledPolicy
+	layout *argtag.Layout
 	run    func(ctx context.Context, x *execution) (json.RawMessage, error)
+	// seed returns the arguments an automatic task is seeded with.
+	seed func() queue.Args
 }
 
 // execution is a claimed task as the worker runs it.
 type execution struct {
-	key         string
-	name        string
-	args        json.RawMessage
-	generation  int64
-	attempt     int
-	when        time.Time
-	started     time.Time
-	redelivered bool
-	worker      string
-	q           *queue.Queue
-	logger      *slog.Logger
+	Info
+	args       json.RawMessage
+	generation int64
+	started    time.Time // by the database's clock
+	w          *Worker
+	timeout    *Timeout
+	perpetual  *perpetualState
+	// begin is called once the arguments decode, with their log rendering.
+	begin func(call string)
 }
 
-// NewRegistry returns an empty registry.
+// NewRegistry returns a registry holding the built-in tasks trace, fail and
+// sleep (see Trace, Fail and Sleep).
 func NewRegistry() *Registry {
-	return &Registry{tasks: make(map[string]*registration)}
+	r := &Registry{tasks: make(map[string]*registration)}
+	registerBuiltins(r)
+	return r
 }
 
 // Register adds handler h for tasks of type T, under T's TaskName, run with
-// policy p. Registering a name twice is an error.
+// policy p. It fails with ErrInvalidRegistration when the name is taken or
+// empty, the policy is invalid, or T's shadows tags are malformed.
 func Register[T queue.Args](r *Registry, h Handler[T], p Policy) error {
 	var zero T
 	name := zero.TaskName()
+	fail := func(err error) error {
+		return fmt.Errorf("%w: task %s: %w", ErrInvalidRegistration, name, err)
+	}
 	if name == "" {
 		return fmt.Errorf("%w: %T has an empty task name", ErrInvalidRegistration, zero)
 	}
 	if h == nil {
-		return fmt.Errorf("%w: task %s: nil handler", ErrInvalidRegistration, name)
+		return fail(errors.New("nil handler"))
 	}
-	if err := p.validate(); err != nil {
-		return fmt.Errorf("%w: task %s: %w", ErrInvalidRegistration, name, err)
+	policy, err := p.compile()
+	if err != nil {
+		return fail(err)
 	}
-	reg := &registration{name: name, policy: p, run: typedRun(h)}
+	layout, err := argtag.Parse(reflect.TypeFor[T]())
+	if err != nil {
+		return fail(err)
+	}
+	if policy.automatic {
+		if req := layout.Required(); len(req) > 0 {
+			return fail(fmt.Errorf("an automatic task is seeded with zero-value arguments, but %s required", plural(req)))
+		}
+		if _, err := json.Marshal(zero); err != nil {
+			return fail(fmt.Errorf("an automatic task's zero-value arguments must encode: %w", err))
+		}
+	}
+	reg := &registration{
+		name:   name,
+		policy: policy,
+		layout: layout,
+		run:    typedRun(h, layout, policy),
+		seed:   func() queue.Args { return zero },
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, dup := r.tasks[name]; dup {
-		return fmt.Errorf("%w: task %s is already registered", ErrInvalidRegistration, name)
+		return fail(errors.New("already registered"))
 	}
 	r.tasks[name] = reg
 	return nil
+}
+
+func plural(fields []string) string {
+	if len(fields) == 1 {
+		return "field " + fields[0] + " is"
+	}
+	return "fields " + strings.Join(fields, ", ") + " are"
 }
 
 // MustRegister is Register that panics on error, for wiring at start-up.
@@ -171,35 +162,24 @@ func (e *ArgsError) Error() string {
 
 func (e *ArgsError) Unwrap() error { return e.Err }
 
-func typedRun[T queue.Args](h Handler[T]) func(context.Context, *execution) (json.RawMessage, error) {
+func typedRun[T queue.Args](h Handler[T], layout *argtag.Layout, policy *compiledPolicy) func(context.Context, *execution) (json.RawMessage, error) {
 	return func(ctx context.Context, x *execution) (json.RawMessage, error) {
-		t := &Task[T]{
-			Key:         x.key,
-			Name:        x.name,
-			Attempt:     x.attempt,
-			When:        x.when,
-			Redelivered: x.redelivered,
-			Worker:      x.worker,
-			Queue:       x.q,
-			Logger:      x.logger,
+		t := &Task[T]{Info: x.Info, Timeout: x.timeout, Progress: &Progress{w: x.w, x: x}}
+		t.Attempts = policy.attempts
+		if x.perpetual != nil {
+			t.Perpetual = &PerpetualRun[T]{s: x.perpetual}
 		}
-		if err := decodeArgs(x, &t.Args); err != nil {
-			return nil, err
+		if raw, ok := any(&t.Args).(*RawArgs); ok {
+			*raw = RawArgs{Name: x.Name, JSON: x.args}
+		} else if err := json.Unmarshal(x.args, &t.Args); err != nil {
+			x.begin(x.Name + "(…)")
+			return nil, &ArgsError{Task: x.Name, Err: err}
 		}
-		err := h(ctx, t)
+		x.begin(x.Name + "(" + layout.Format(t.Args) + ")")
+		ctx = context.WithValue(ctx, infoKey{}, &t.Info)
+		err := x.w.withMiddleware(ctx, &t.Info, func(ctx context.Context) error { return h(ctx, t) })
 		return t.result, err
 	}
-}
-
-func decodeArgs(x *execution, dst any) error {
-	if raw, ok := dst.(*RawArgs); ok {
-		*raw = RawArgs{Name: x.name, JSON: x.args}
-		return nil
-	}
-	if err := json.Unmarshal(x.args, dst); err != nil {
-		return &ArgsError{Task: x.name, Err: err}
-	}
-	return nil
 }
 
 func (r *Registry) lookup(name string) *registration {
@@ -218,6 +198,20 @@ func (r *Registry) Names() []string {
 	}
 	slices.Sort(names)
 	return names
+}
+
+// automatic returns the registrations to seed automatically.
+func (r *Registry) automatic() []*registration {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var out []*registration
+	for _, reg := range r.tasks {
+		if reg.policy.automatic {
+			out = append(out, reg)
+		}
+	}
+	slices.SortFunc(out, func(a, b *registration) int { return strings.Compare(a.name, b.name) })
+	return out
 }
 
 // dropUnknown is the default fallback: it logs and completes the task.

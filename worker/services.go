@@ -121,18 +121,23 @@ func (f *finisher) flush(ctx context.Context) bool {
 }
 
 func (f *finisher) write(ctx context.Context, batch []outcome) error {
+	n := len(batch)
 	p := db.FinishTasksParams{
-		Queue:       f.w.q.Name(),
-		Keys:        make([]string, len(batch)),
-		Generations: make([]int64, len(batch)),
-		States:      make([]string, len(batch)),
-		Errors:      make([]string, len(batch)),
-		Results:     make([]string, len(batch)),
-		TtlSeconds:  f.w.ttlSeconds(),
+		Queue:        f.w.q.Name(),
+		Keys:         make([]string, n),
+		Generations:  make([]int64, n),
+		States:       make([]string, n),
+		Errors:       make([]string, n),
+		Results:      make([]string, n),
+		NextRunAts:   make([]time.Time, n),
+		NextArgs:     make([]string, n),
+		NextAttempts: make([]int32, n),
+		TtlSeconds:   f.w.ttlSeconds(),
 	}
 	for i, o := range batch {
 		p.Keys[i], p.Generations[i] = o.key.key, o.key.generation
 		p.States[i], p.Errors[i], p.Results[i] = o.state, o.err, string(o.result)
+		p.NextRunAts[i], p.NextArgs[i], p.NextAttempts[i] = o.nextAt, string(o.nextArgs), int32(o.nextAttempt)
 	}
 	_, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
 	return err

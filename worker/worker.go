@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/internal/argtag"
 	"github.com/shadows-go/shadows/queue"
 )
 
@@ -65,6 +66,20 @@ type Config struct {
 	// completing the task.
 	Fallback Handler[RawArgs]
 
+	// Middleware wraps every task this worker runs, first outermost: setup
+	// and teardown shared by all tasks, such as a database transaction or a
+	// tracing span.
+	Middleware []Middleware
+
+	// ReseedInterval is how often the worker re-seeds automatic Perpetual
+	// and Cron tasks whose chain was broken (cancelled, or lost to a
+	// strike that was restored). Defaults to 1 minute.
+	ReseedInterval time.Duration
+
+	// NoAutomaticTasks stops the worker from seeding automatic tasks, for
+	// tests and for workers that should only run what they are given.
+	NoAutomaticTasks bool
+
 	// Logger receives the worker's own logs and is the parent of every task
 	// logger. Defaults to the queue config's Logger, or slog.Default().
 	Logger *slog.Logger
@@ -94,6 +109,7 @@ func (c Config) withDefaults() (Config, error) {
 	positive(&c.ReconnectionDelay, DefaultReconnectionDelay, "reconnection delay")
 	positive(&c.CheckInterval, DefaultCheckInterval, "check interval")
 	positive(&c.SchedulingResolution, DefaultSchedulingResolution, "scheduling resolution")
+	positive(&c.ReseedInterval, ReseedInterval, "reseed interval")
 	if err != nil {
 		return c, err
 	}
@@ -160,14 +176,14 @@ func New(pool *pgxpool.Pool, reg *Registry, cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	w := &Worker{
-		pool:     pool,
-		reg:      reg,
-		cfg:      cfg,
-		q:        q,
-		queries:  db.New(),
-		logger:   cfg.Logger.With("queue", q.Name(), "worker", cfg.Name),
-		fallback: &registration{name: "fallback", run: typedRun(cfg.Fallback)},
+		pool:    pool,
+		reg:     reg,
+		cfg:     cfg,
+		q:       q,
+		queries: db.New(),
+		logger:  cfg.Logger.With("queue", q.Name(), "worker", cfg.Name),
 	}
+	w.fallback = fallbackRegistration(cfg.Fallback)
 	return w, nil
 }
 
@@ -223,6 +239,9 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	services.Go(func() { w.done.run(svcCtx) })
 	services.Go(func() { w.renewLeases(svcCtx) })
 	services.Go(func() { w.heartbeat(svcCtx) })
+	if !w.cfg.NoAutomaticTasks {
+		services.Go(func() { w.seedAutomatic(svcCtx) })
+	}
 
 	// Tasks run under their own contexts, cancelled only by a cancel.
 	var tasks sync.WaitGroup
@@ -238,6 +257,47 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 		w.logger.Warn("remove worker heartbeat", "error", err)
 	}
 	return nil
+}
+
+// fallbackRegistration wraps the fallback handler as a registration with the
+// zero policy.
+func fallbackRegistration(h Handler[RawArgs]) *registration {
+	policy, _ := Policy{}.compile() // the zero policy always compiles
+	layout := &argtag.Layout{}
+	return &registration{name: "fallback", policy: policy, layout: layout, run: typedRun(h, layout, policy)}
+}
+
+// seedAutomatic adds every automatic task under its task name, now for a
+// Perpetual task and at its next match for a Cron task, at start and every
+// ReseedInterval. A live key makes the add a no-op, so however many workers
+// seed, one chain lives.
+func (w *Worker) seedAutomatic(ctx context.Context) {
+	regs := w.reg.automatic()
+	if len(regs) == 0 {
+		return
+	}
+	t := time.NewTicker(w.cfg.ReseedInterval)
+	defer t.Stop()
+	for {
+		for _, reg := range regs {
+			var when time.Time
+			if reg.policy.schedule != nil {
+				when = reg.policy.nextCron(time.Now())
+			}
+			ex, err := w.q.Add(ctx, reg.seed(), &queue.AddOpts{Key: reg.name, When: when})
+			switch {
+			case err != nil && ctx.Err() == nil:
+				w.logger.Warn("seeding automatic task failed", "task", reg.name, "error", err)
+			case err == nil && ex.Disposition == queue.DispositionScheduled:
+				w.logger.Info("seeded automatic task", "task", reg.name, "when", ex.When)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // signal does a non-blocking send on a size-1 channel.

@@ -558,7 +558,7 @@ func TestWorkersAreListed(t *testing.T) {
 	ws, err := b.q.Workers(t.Context())
 	require.NoError(t, err)
 	require.Equal(t, "test-worker", ws[0].Name)
-	require.Equal(t, []string{"count", "echo"}, ws[0].Tasks)
+	require.Equal(t, []string{"count", "echo", "fail", "sleep", "trace"}, ws[0].Tasks)
 	tw, err := b.q.TaskWorkers(t.Context(), "echo")
 	require.NoError(t, err)
 	require.Len(t, tw, 1)

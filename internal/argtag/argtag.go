@@ -1,0 +1,161 @@
+// Package argtag reads the shadows struct tags of task argument types and
+// renders arguments for logs.
+//
+// A field appears in logs only when tagged:
+//
+//	CustomerID string   `json:"customer_id" shadows:"logged"`         // customer_id="12345"
+//	Items      []Item   `json:"items"       shadows:"logged,length"`  // items=[len 3]
+//	CardNumber string   `json:"card_number"`                          // card_number=...
+//
+// "length" shows the size of a slice, array or string as [len N] and of a
+// map as {len N}. "required" marks a field without which the task cannot be
+// seeded automatically. Any other option is an error, reported when the
+// task is registered.
+package argtag
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+)
+
+type mode int
+
+const (
+	hidden mode = iota
+	value
+	length
+)
+
+type field struct {
+	name     string // the JSON key
+	index    int
+	mode     mode
+	required bool
+}
+
+// Layout is how one argument type appears in logs. The zero Layout shows
+// nothing. It is safe for concurrent use.
+type Layout struct {
+	fields []field
+}
+
+// Parse reads the tags of t, a struct type or a pointer to one. Other types
+// have no fields to show.
+func Parse(t reflect.Type) (*Layout, error) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	l := &Layout{}
+	if t.Kind() != reflect.Struct {
+		return l, nil
+	}
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		if !sf.IsExported() {
+			continue
+		}
+		name := sf.Name
+		if tag, ok := sf.Tag.Lookup("json"); ok {
+			first, _, _ := strings.Cut(tag, ",")
+			if first == "-" {
+				continue
+			}
+			if first != "" {
+				name = first
+			}
+		}
+		f := field{name: name, index: i}
+		if tag, ok := sf.Tag.Lookup("shadows"); ok {
+			for opt := range strings.SplitSeq(tag, ",") {
+				switch strings.TrimSpace(opt) {
+				case "logged":
+					if f.mode == hidden {
+						f.mode = value
+					}
+				case "length":
+					f.mode = length
+				case "required":
+					f.required = true
+				case "":
+				default:
+					return nil, fmt.Errorf("field %s: unknown shadows tag option %q (want logged, length or required)", sf.Name, opt)
+				}
+			}
+		}
+		l.fields = append(l.fields, f)
+	}
+	return l, nil
+}
+
+// Required lists the JSON names of the fields tagged required.
+func (l *Layout) Required() []string {
+	var out []string
+	for _, f := range l.fields {
+		if f.required {
+			out = append(out, f.name)
+		}
+	}
+	return out
+}
+
+// Format renders v's fields as `name=value, …`, showing the value only of
+// logged fields, the size only of length fields, and `...` for the rest.
+func (l *Layout) Format(v any) string {
+	rv := reflect.ValueOf(v)
+	for rv.Kind() == reflect.Pointer {
+		if rv.IsNil() {
+			return ""
+		}
+		rv = rv.Elem()
+	}
+	if rv.Kind() != reflect.Struct {
+		return ""
+	}
+	var b strings.Builder
+	for i, f := range l.fields {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(f.name)
+		b.WriteByte('=')
+		fv := rv.Field(f.index)
+		switch f.mode {
+		case hidden:
+			b.WriteString("...")
+		case value:
+			b.WriteString(show(fv))
+		case length:
+			b.WriteString(size(fv))
+		}
+	}
+	return b.String()
+}
+
+func show(v reflect.Value) string {
+	if v.Kind() == reflect.String {
+		return fmt.Sprintf("%q", v.String())
+	}
+	if v.CanInterface() {
+		if s, ok := v.Interface().(fmt.Stringer); ok {
+			return fmt.Sprintf("%q", s.String())
+		}
+	}
+	return fmt.Sprintf("%v", v)
+}
+
+func size(v reflect.Value) string {
+	for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
+		if v.IsNil() {
+			return "<nil>"
+		}
+		v = v.Elem()
+	}
+	switch v.Kind() {
+	case reflect.Slice, reflect.Array, reflect.String:
+		return fmt.Sprintf("[len %d]", v.Len())
+	case reflect.Map:
+		return fmt.Sprintf("{len %d}", v.Len())
+	}
+	return show(v)
+}

@@ -1,0 +1,213 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/robfig/cron/v3"
+)
+
+// Policy is how the worker runs a registered task: retries, a time limit,
+// and whether it reschedules itself. The zero Policy runs a task once, with
+// no time limit. At most one of Retry and ExponentialRetry, and at most one
+// of Perpetual and Cron, may be set.
+type Policy struct {
+	// Retry runs a failed task again after a fixed delay.
+	Retry Retry
+	// ExponentialRetry runs a failed task again after a delay that doubles
+	// with each attempt.
+	ExponentialRetry ExponentialRetry
+	// Timeout bounds each run: the handler's context is cancelled after it
+	// and the run fails (retry and perpetual rules apply). Zero means no
+	// limit. The handler can read and extend the time left (Task.Timeout).
+	Timeout time.Duration
+	// Perpetual makes the task reschedule itself after every run.
+	Perpetual *Perpetual
+	// Cron makes the task reschedule itself at the matches of a cron
+	// expression.
+	Cron *Cron
+}
+
+// RetryForever, as an Attempts value, retries without limit.
+const RetryForever = -1
+
+// Retry runs a failed task again, under the same key, after Delay. Attempts
+// counts every run including the first, so Attempts: 3 means up to two
+// retries; 0 and 1 mean none. While a retry waits, the key is live: adding
+// it again reports "already scheduled".
+type Retry struct {
+	Attempts int
+	Delay    time.Duration
+}
+
+// ExponentialRetry is Retry with a delay of MinDelay × 2^(attempt−1) after
+// the attempt-th run fails, capped at MaxDelay. MinDelay defaults to 1s and
+// MaxDelay to 64s.
+type ExponentialRetry struct {
+	Attempts int
+	MinDelay time.Duration
+	MaxDelay time.Duration
+}
+
+// Perpetual reschedules a task under its key after every run, whether it
+// succeeded or failed (once its retries are used up), measuring Every from
+// the start of the run: a run that took longer than Every is followed at
+// once. The handler steers the next run through Task.Perpetual.
+//
+// With Automatic, every worker that can run the task seeds it under its task
+// name (with zero-value arguments) when it starts, and again every
+// ReseedInterval if its chain was broken; the key makes sure that however
+// many workers do so, one copy lives.
+type Perpetual struct {
+	Every     time.Duration
+	Automatic bool
+}
+
+// Cron reschedules a task at the matches of a cron expression: five fields
+// (minute hour day-of-month month day-of-week) or a keyword such as @daily,
+// @hourly or @every 10m, evaluated in Location (UTC when nil). Cron tasks are
+// automatic — seeded under their task name for their next match — unless
+// Manual is set.
+type Cron struct {
+	Expr     string
+	Location *time.Location
+	Manual   bool
+}
+
+// ReseedInterval is how often a worker re-seeds its automatic tasks.
+const ReseedInterval = time.Minute
+
+// compiledPolicy is a validated Policy with its derived parts.
+type compiledPolicy struct {
+	Policy
+	attempts  int // 1 = no retry; RetryForever
+	backoff   func(attempt int) time.Duration
+	schedule  cron.Schedule
+	location  *time.Location
+	automatic bool
+}
+
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+func (p Policy) compile() (*compiledPolicy, error) {
+	c := &compiledPolicy{Policy: p, attempts: 1, backoff: func(int) time.Duration { return 0 }}
+	if p.Timeout < 0 {
+		return nil, fmt.Errorf("timeout %v is negative", p.Timeout)
+	}
+	fixed, exp := p.Retry != (Retry{}), p.ExponentialRetry != (ExponentialRetry{})
+	switch {
+	case fixed && exp:
+		return nil, errors.New("only one retry policy is allowed, but both Retry and ExponentialRetry are set")
+	case fixed:
+		r := p.Retry
+		if r.Attempts < RetryForever || r.Delay < 0 {
+			return nil, fmt.Errorf("retry attempts %d or delay %v is negative", r.Attempts, r.Delay)
+		}
+		c.attempts = max(r.Attempts, 1)
+		if r.Attempts == RetryForever {
+			c.attempts = RetryForever
+		}
+		c.backoff = func(int) time.Duration { return r.Delay }
+	case exp:
+		r := p.ExponentialRetry
+		if r.Attempts < RetryForever || r.MinDelay < 0 || r.MaxDelay < 0 {
+			return nil, fmt.Errorf("exponential retry attempts %d or delays %v, %v are negative", r.Attempts, r.MinDelay, r.MaxDelay)
+		}
+		if r.MinDelay == 0 {
+			r.MinDelay = time.Second
+		}
+		if r.MaxDelay == 0 {
+			r.MaxDelay = 64 * time.Second
+		}
+		if r.MaxDelay < r.MinDelay {
+			return nil, fmt.Errorf("exponential retry maximum delay %v is below its minimum %v", r.MaxDelay, r.MinDelay)
+		}
+		c.attempts = max(r.Attempts, 1)
+		if r.Attempts == RetryForever {
+			c.attempts = RetryForever
+		}
+		c.backoff = func(attempt int) time.Duration {
+			d := r.MinDelay
+			for i := 1; i < attempt && d < r.MaxDelay; i++ {
+				d *= 2
+			}
+			return min(d, r.MaxDelay)
+		}
+	}
+	switch {
+	case p.Perpetual != nil && p.Cron != nil:
+		return nil, errors.New("only one perpetual policy is allowed, but both Perpetual and Cron are set")
+	case p.Perpetual != nil:
+		if p.Perpetual.Every < 0 {
+			return nil, fmt.Errorf("perpetual interval %v is negative", p.Perpetual.Every)
+		}
+		c.automatic = p.Perpetual.Automatic
+	case p.Cron != nil:
+		s, err := cronParser.Parse(p.Cron.Expr)
+		if err != nil {
+			return nil, fmt.Errorf("cron expression %q: %w", p.Cron.Expr, err)
+		}
+		c.schedule = s
+		c.location = p.Cron.Location
+		if c.location == nil {
+			c.location = time.UTC
+		}
+		c.automatic = !p.Cron.Manual
+	}
+	return c, nil
+}
+
+func (c *compiledPolicy) perpetual() bool { return c.Perpetual != nil || c.Cron != nil }
+
+// retryAllowed reports whether a run that was attempt number attempt may be
+// followed by another.
+func (c *compiledPolicy) retryAllowed(attempt int) bool {
+	return c.attempts == RetryForever || attempt < c.attempts
+}
+
+// nextCron is the first match of the cron schedule after t.
+func (c *compiledPolicy) nextCron(t time.Time) time.Time {
+	return c.schedule.Next(t.In(c.location))
+}
+
+// RetryRequest is the error a handler returns to ask for another attempt at
+// a given time; make one with RetryAfter or RetryAt. It counts against the
+// policy's attempts: with none left, the task fails with Err.
+type RetryRequest struct {
+	// At is when to retry; zero means after Delay.
+	At    time.Time
+	Delay time.Duration
+	// Err describes why; it becomes the record's error.
+	Err error
+}
+
+func (r *RetryRequest) Error() string {
+	msg := "retry requested"
+	if r.Err != nil {
+		msg = r.Err.Error()
+	}
+	return msg
+}
+
+func (r *RetryRequest) Unwrap() error { return r.Err }
+
+// when resolves the requested retry time against now.
+func (r *RetryRequest) when(now time.Time) time.Time {
+	if !r.At.IsZero() {
+		return r.At
+	}
+	return now.Add(r.Delay)
+}
+
+// RetryAfter returns an error that, returned by a handler, retries the task
+// after d (counted against its attempts). reason may be nil.
+func RetryAfter(d time.Duration, reason error) error {
+	return &RetryRequest{Delay: d, Err: reason}
+}
+
+// RetryAt returns an error that, returned by a handler, retries the task at
+// t (a time in the past means now), counted against its attempts.
+func RetryAt(t time.Time, reason error) error {
+	return &RetryRequest{At: t, Err: reason}
+}
