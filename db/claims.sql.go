@@ -185,19 +185,20 @@ WITH ended AS (
     RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
     UPDATE shadows.tasks t
-    SET state = ended.state::shadows.task_state, finished_at = now(),
-        lease_expires_at = NULL,
+    SET state = CASE WHEN ended.state <> 'scheduled' THEN ended.state
+                     WHEN ended.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
+        finished_at = now(), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => $10::float8),
         error = nullif(ended.error, ''), result = nullif(ended.result, '')::jsonb
     FROM ended
-    WHERE ended.state <> 'scheduled' AND $10::float8 > 0
+    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $10::float8 > 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING ended
-    WHERE ended.state <> 'scheduled' AND $10::float8 <= 0
+    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $10::float8 <= 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key
@@ -237,8 +238,10 @@ type FinishTasksRow struct {
 //     generation — so the end of one run and the birth of the next are one
 //     atomic row update, and a crash can neither lose nor double the chain.
 //
-// A row whose generation moved on was replaced or re-added while it ran: it
-// is left alone (superseded). Notifications wake result waiters and, when a
+// A run that was asked to cancel is never rescheduled: it ends completed if
+// its handler succeeded and cancelled otherwise. A row whose generation
+// moved on was replaced or re-added while it ran: it is left alone
+// (superseded). Notifications wake result waiters and, when a
 // rescheduled run is already due, idle workers.
 func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParams) (FinishTasksRow, error) {
 	row := db.QueryRow(ctx, finishTasks,

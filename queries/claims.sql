@@ -78,8 +78,10 @@ WHERE t.queue = @queue::text AND t.state = 'running' AND t.cancel_requested;
 --     becomes the next run — new time, arguments and attempt, next
 --     generation — so the end of one run and the birth of the next are one
 --     atomic row update, and a crash can neither lose nor double the chain.
--- A row whose generation moved on was replaced or re-added while it ran: it
--- is left alone (superseded). Notifications wake result waiters and, when a
+-- A run that was asked to cancel is never rescheduled: it ends completed if
+-- its handler succeeded and cancelled otherwise. A row whose generation
+-- moved on was replaced or re-added while it ran: it is left alone
+-- (superseded). Notifications wake result waiters and, when a
 -- rescheduled run is already due, idle workers.
 WITH ended AS (
     SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
@@ -100,19 +102,20 @@ WITH ended AS (
     RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
     UPDATE shadows.tasks t
-    SET state = ended.state::shadows.task_state, finished_at = now(),
-        lease_expires_at = NULL,
+    SET state = CASE WHEN ended.state <> 'scheduled' THEN ended.state
+                     WHEN ended.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
+        finished_at = now(), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => @ttl_seconds::float8),
         error = nullif(ended.error, ''), result = nullif(ended.result, '')::jsonb
     FROM ended
-    WHERE ended.state <> 'scheduled' AND @ttl_seconds::float8 > 0
+    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND @ttl_seconds::float8 > 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING ended
-    WHERE ended.state <> 'scheduled' AND @ttl_seconds::float8 <= 0
+    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND @ttl_seconds::float8 <= 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
       AND t.state = 'running'
     RETURNING t.key

@@ -89,6 +89,19 @@ type Execution struct {
 	// Result is the JSON value the handler produced, if any.
 	Result    json.RawMessage
 	CreatedAt time.Time
+	// Progress is what the handler last reported.
+	Progress Progress
+}
+
+// Progress is how far a task has got, as its handler reports it. It stays on
+// the record after the task ends.
+type Progress struct {
+	Current int64
+	// Total is 0 until the handler sets it.
+	Total   int64
+	Message string
+	// UpdatedAt is zero until the handler reports progress.
+	UpdatedAt time.Time
 }
 
 // DecodeResult unmarshals the task's result into v.
@@ -158,6 +171,18 @@ func executionFromRow(r db.GetTaskRow) *Execution {
 	}
 	if r.Error != nil {
 		e.Error = *r.Error
+	}
+	if r.ProgressCurrent != nil {
+		e.Progress.Current = *r.ProgressCurrent
+	}
+	if r.ProgressTotal != nil {
+		e.Progress.Total = *r.ProgressTotal
+	}
+	if r.ProgressMessage != nil {
+		e.Progress.Message = *r.ProgressMessage
+	}
+	if r.ProgressAt != nil {
+		e.Progress.UpdatedAt = *r.ProgressAt
 	}
 	return e
 }

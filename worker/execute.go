@@ -187,12 +187,16 @@ func (w *Worker) decide(out *outcome, f *inflight, reg *registration, err error,
 		out.err = err.Error()
 	}
 	switch {
+	case f.wasCancelled():
+		// A cancel ends the task and, for a perpetual one, its chain; a
+		// handler that ignored it completed.
+		out.state, out.result = stateCancelled, nil
+		if err == nil {
+			out.state, out.result = stateCompleted, result
+		}
+		return
 	case err == nil:
 		out.state, out.result = stateCompleted, result
-	case f.wasCancelled():
-		// A cancel ends the task and, for a perpetual one, its chain.
-		out.state = stateCancelled
-		return
 	case policy.retryAllowed(x.Attempt) && !isArgsError(err):
 		out.state, out.nextAttempt = stateRescheduled, x.Attempt+1
 		out.nextAt = now.Add(policy.backoff(x.Attempt))

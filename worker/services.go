@@ -179,8 +179,10 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+notify.Ready+"; LISTEN "+notify.Cancel); err != nil {
 		return err
 	}
-	// Anything may have become due while nobody listened.
+	// Anything may have become due, or been cancelled, while nobody
+	// listened: look for due tasks and check the running ones now.
 	signal(w.wake)
+	signal(w.renewNow)
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
@@ -200,8 +202,9 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 }
 
 // renewLeases extends the leases of the tasks in flight every quarter of the
-// redelivery timeout, and cancels those found cancelled in the database (a
-// backstop for a lost cancel notification).
+// redelivery timeout, and whenever the listener (re)connects, and cancels
+// those a cancel asked to stop: the backstop for a cancel notification sent
+// while nobody listened.
 func (w *Worker) renewLeases(ctx context.Context) {
 	t := time.NewTicker(w.cfg.RedeliveryTimeout / 4)
 	defer t.Stop()
@@ -210,6 +213,7 @@ func (w *Worker) renewLeases(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-w.renewNow:
 		}
 		keys, gens := w.inflight.snapshot()
 		if len(keys) == 0 {

@@ -150,6 +150,7 @@ type Worker struct {
 	// Set by a run, read by its goroutines.
 	wake      chan struct{} // a notification or reconnect: tasks may be due
 	slotFreed chan struct{} // a handler returned
+	renewNow  chan struct{} // check the running tasks' leases and cancels now
 	running   atomic.Int64  // handlers running now
 	inflight  inflightSet
 	done      *finisher
@@ -228,6 +229,7 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	}
 	w.wake = make(chan struct{}, 1)
 	w.slotFreed = make(chan struct{}, 1)
+	w.renewNow = make(chan struct{}, 1)
 	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
 	w.done = newFinisher(w)
 
