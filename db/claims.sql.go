@@ -14,27 +14,56 @@ import (
 const claimDue = `-- name: ClaimDue :many
 
 WITH due AS (
-    SELECT key FROM shadows.tasks
-    WHERE queue = $3::text AND state = 'scheduled' AND run_at <= now()
+    SELECT key, task, args FROM shadows.tasks
+    WHERE queue = $1::text AND state = 'scheduled' AND NOT held AND run_at <= now()
     ORDER BY run_at, seq
-    LIMIT $4
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
+), judged AS (
+    SELECT due.key, st.rule, st.hold
+    FROM due LEFT JOIN LATERAL (
+        SELECT s.rule, s.hold FROM shadows.strikes s
+        WHERE s.queue = $1::text AND (s.task IS NULL OR s.task = due.task)
+          AND shadows.strike_matches(s.conditions, due.args)
+        ORDER BY s.hold, s.id
+        LIMIT 1
+    ) AS st ON true
+), set_aside AS (
+    UPDATE shadows.tasks t
+    SET held = judged.hold,
+        state = CASE WHEN judged.hold THEN t.state ELSE 'cancelled' END,
+        finished_at = CASE WHEN judged.hold THEN NULL ELSE now() END,
+        expires_at = CASE WHEN judged.hold THEN NULL
+                          ELSE now() + make_interval(secs => $3::float8) END,
+        error = CASE WHEN judged.hold THEN NULL ELSE 'struck: ' || judged.rule END
+    FROM judged
+    WHERE judged.rule IS NOT NULL AND t.queue = $1::text AND t.key = judged.key
+    RETURNING t.key, t.task, t.generation, t.attempt, t.run_at, judged.rule, judged.hold
+), claimed AS (
+    UPDATE shadows.tasks t
+    SET state = 'running', worker = $4::text, started_at = now(),
+        deliveries = t.deliveries + 1,
+        lease_expires_at = now() + make_interval(secs => $5::float8)
+    FROM judged
+    WHERE judged.rule IS NULL AND t.queue = $1::text AND t.key = judged.key
+    RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
+        t.deliveries, t.started_at
 )
-UPDATE shadows.tasks t
-SET state = 'running', worker = $1::text, started_at = now(),
-    deliveries = t.deliveries + 1,
-    lease_expires_at = now() + make_interval(secs => $2::float8)
-FROM due
-WHERE t.queue = $3::text AND t.key = due.key
-RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
-    t.deliveries, t.started_at
+SELECT key, task, args, generation, attempt, run_at, deliveries, started_at,
+    NULL::text AS struck_by, false AS held
+FROM claimed
+UNION ALL
+SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz,
+    rule, hold
+FROM set_aside
 `
 
 type ClaimDueParams struct {
-	Worker       string
-	LeaseSeconds float64
 	Queue        string
 	MaxRows      int32
+	TtlSeconds   float64
+	Worker       string
+	LeaseSeconds float64
 }
 
 type ClaimDueRow struct {
@@ -46,17 +75,24 @@ type ClaimDueRow struct {
 	RunAt      time.Time
 	Deliveries int32
 	StartedAt  *time.Time
+	StruckBy   *string
+	Held       bool
 }
 
 // Worker side: claiming, lease renewal and recording how tasks ended.
-// The hot path. The inner scan walks tasks_due in exactly its order and stops
-// after max_rows due rows; future rows sort after now() and are never read.
+// The hot path. The inner scan walks tasks_ready in exactly its order and
+// stops after max_rows due rows; future and held rows are never read. Each
+// claimed row is judged against the queue's strikes: a matching hold strike
+// sets it aside (held) untouched, any other matching strike cancels it, and
+// the rest start running. Rows set aside or cancelled come back with
+// struck_by naming the strike, so the worker can log them.
 func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]ClaimDueRow, error) {
 	rows, err := db.Query(ctx, claimDue,
-		arg.Worker,
-		arg.LeaseSeconds,
 		arg.Queue,
 		arg.MaxRows,
+		arg.TtlSeconds,
+		arg.Worker,
+		arg.LeaseSeconds,
 	)
 	if err != nil {
 		return nil, err
@@ -74,6 +110,8 @@ func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]
 			&i.RunAt,
 			&i.Deliveries,
 			&i.StartedAt,
+			&i.StruckBy,
+			&i.Held,
 		); err != nil {
 			return nil, err
 		}
@@ -89,13 +127,14 @@ const claimLapsed = `-- name: ClaimLapsed :many
 WITH lapsed AS (
     SELECT key, cancel_requested FROM shadows.tasks
     WHERE queue = $3::text AND state = 'running' AND lease_expires_at < now()
+      AND key <> ALL (coalesce($4::text[], '{}'))
     ORDER BY lease_expires_at
-    LIMIT $4
+    LIMIT $5
     FOR UPDATE SKIP LOCKED
 ), cancelled AS (
     UPDATE shadows.tasks t
     SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $5::float8)
+        expires_at = now() + make_interval(secs => $6::float8)
     FROM lapsed
     WHERE t.queue = $3::text AND t.key = lapsed.key AND lapsed.cancel_requested
 )
@@ -112,6 +151,7 @@ type ClaimLapsedParams struct {
 	Worker       string
 	LeaseSeconds float64
 	Queue        string
+	InFlight     []string
 	MaxRows      int32
 	TtlSeconds   float64
 }
@@ -129,12 +169,14 @@ type ClaimLapsedRow struct {
 
 // Redelivery: running tasks whose lease lapsed because their worker stopped
 // renewing it (it died or lost the database). A lapsed task that was asked
-// to cancel ends cancelled instead.
+// to cancel ends cancelled instead. The caller's own tasks in flight are
+// skipped: it still runs them, and will renew or finish them.
 func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParams) ([]ClaimLapsedRow, error) {
 	rows, err := db.Query(ctx, claimLapsed,
 		arg.Worker,
 		arg.LeaseSeconds,
 		arg.Queue,
+		arg.InFlight,
 		arg.MaxRows,
 		arg.TtlSeconds,
 	)
@@ -170,7 +212,8 @@ WITH ended AS (
     SELECT unnest($2::text[]) AS key, unnest($3::bigint[]) AS generation,
            unnest($4::text[]) AS state, unnest($5::text[]) AS error,
            unnest($6::text[]) AS result, unnest($7::timestamptz[]) AS next_run_at,
-           unnest($8::text[]) AS next_args, unnest($9::int[]) AS next_attempt
+           unnest($8::text[]) AS next_args, unnest($9::int[]) AS next_attempt,
+           unnest($10::int[]) AS deliveries
 ), rescheduled AS (
     UPDATE shadows.tasks t
     SET state = 'scheduled', run_at = ended.next_run_at,
@@ -181,6 +224,7 @@ WITH ended AS (
     FROM ended
     WHERE ended.state = 'scheduled'
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.deliveries = ended.deliveries
       AND t.state = 'running' AND NOT t.cancel_requested
     RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
@@ -188,18 +232,20 @@ WITH ended AS (
     SET state = CASE WHEN ended.state <> 'scheduled' THEN ended.state
                      WHEN ended.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
         finished_at = now(), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $10::float8),
+        expires_at = now() + make_interval(secs => $11::float8),
         error = nullif(ended.error, ''), result = nullif(ended.result, '')::jsonb
     FROM ended
-    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $10::float8 > 0
+    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $11::float8 > 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.deliveries = ended.deliveries
       AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING ended
-    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $10::float8 <= 0
+    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $11::float8 <= 0
       AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.deliveries = ended.deliveries
       AND t.state = 'running'
     RETURNING t.key
 )
@@ -221,6 +267,7 @@ type FinishTasksParams struct {
 	NextRunAts   []time.Time
 	NextArgs     []string
 	NextAttempts []int32
+	Deliveries   []int32
 	TtlSeconds   float64
 }
 
@@ -238,7 +285,9 @@ type FinishTasksRow struct {
 //     generation — so the end of one run and the birth of the next are one
 //     atomic row update, and a crash can neither lose nor double the chain.
 //
-// A run that was asked to cancel is never rescheduled: it ends completed if
+// Each outcome is guarded by the generation and delivery its worker claimed:
+// the late outcome of a run whose lease lapsed cannot end the delivery that
+// replaced it. A run that was asked to cancel is never rescheduled: it ends completed if
 // its handler succeeded and cancelled otherwise. A row whose generation
 // moved on was replaced or re-added while it ran: it is left alone
 // (superseded). Notifications wake result waiters and, when a
@@ -254,6 +303,7 @@ func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParam
 		arg.NextRunAts,
 		arg.NextArgs,
 		arg.NextAttempts,
+		arg.Deliveries,
 		arg.TtlSeconds,
 	)
 	var i FinishTasksRow
@@ -264,7 +314,7 @@ func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParam
 const nextDue = `-- name: NextDue :one
 SELECT run_at
 FROM shadows.tasks
-WHERE queue = $1::text AND state = 'scheduled'
+WHERE queue = $1::text AND state = 'scheduled' AND NOT held
 ORDER BY run_at, seq
 LIMIT 1
 `
@@ -280,13 +330,14 @@ func (q *Queries) NextDue(ctx context.Context, db DBTX, queue string) (time.Time
 
 const renewLeases = `-- name: RenewLeases :many
 WITH mine AS (
-    SELECT unnest($2::text[]) AS key, unnest($3::bigint[]) AS generation
+    SELECT unnest($2::text[]) AS key, unnest($3::bigint[]) AS generation,
+           unnest($4::int[]) AS deliveries
 ), renewed AS (
     UPDATE shadows.tasks t
-    SET lease_expires_at = now() + make_interval(secs => $4::float8)
+    SET lease_expires_at = now() + make_interval(secs => $5::float8)
     FROM mine
     WHERE t.queue = $1::text AND t.key = mine.key AND t.generation = mine.generation
-      AND t.state = 'running' AND t.worker = $5::text
+      AND t.deliveries = mine.deliveries AND t.state = 'running' AND t.worker = $6::text
     RETURNING t.key
 )
 SELECT t.key
@@ -298,6 +349,7 @@ type RenewLeasesParams struct {
 	Queue        string
 	Keys         []string
 	Generations  []int64
+	Deliveries   []int32
 	LeaseSeconds float64
 	Worker       string
 }
@@ -309,6 +361,7 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 		arg.Queue,
 		arg.Keys,
 		arg.Generations,
+		arg.Deliveries,
 		arg.LeaseSeconds,
 		arg.Worker,
 	)

@@ -90,6 +90,17 @@ type ShadowsExecution struct {
 	ProgressTotal   *int64
 	ProgressMessage *string
 	ProgressAt      *time.Time
+	Held            bool
+}
+
+type ShadowsStrike struct {
+	ID         int64
+	Queue      string
+	Task       *string
+	Conditions json.RawMessage
+	Hold       bool
+	Rule       string
+	CreatedAt  time.Time
 }
 
 type ShadowsTask struct {
@@ -116,6 +127,7 @@ type ShadowsTask struct {
 	ProgressTotal   *int64
 	ProgressMessage *string
 	ProgressAt      *time.Time
+	Held            bool
 }
 
 type ShadowsWorker struct {

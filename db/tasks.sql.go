@@ -13,50 +13,69 @@ import (
 
 const addTask = `-- name: AddTask :one
 
-INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-VALUES ($1, $2, $3, $4, coalesce($5::timestamptz, now()))
-ON CONFLICT (queue, key) DO UPDATE
-SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+WITH struck AS (
+    SELECT s.rule FROM shadows.strikes s
+    WHERE s.queue = $1::text AND NOT s.hold AND (s.task IS NULL OR s.task = $2::text)
+      AND shadows.strike_matches(s.conditions, $3::jsonb)
+    ORDER BY s.id
+    LIMIT 1
+), ins AS (
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    SELECT $1::text, $4::text, $2::text, $3::jsonb,
+           coalesce($5::timestamptz, now())
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
+    SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(),
+    error = NULL, result = NULL, created_at = now(), held = false,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-WHERE t.state IN ('completed', 'failed', 'cancelled')
-RETURNING t.generation, t.run_at, t.created_at,
-    CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified
+    WHERE t.state IN ('completed', 'failed', 'cancelled')
+    RETURNING t.generation, t.run_at, t.created_at
+)
+SELECT coalesce((SELECT rule FROM struck), '')::text AS struck_by,
+    ins.generation, ins.run_at, ins.created_at,
+    CASE WHEN ins.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', $1::text))
+         ELSE false END::bool AS notified
+FROM (SELECT 1) AS one LEFT JOIN ins ON true
 `
 
 type AddTaskParams struct {
 	Queue string
-	Key   string
 	Task  string
 	Args  json.RawMessage
+	Key   string
 	RunAt *time.Time
 }
 
 type AddTaskRow struct {
-	Generation int64
-	RunAt      time.Time
-	CreatedAt  time.Time
+	StruckBy   string
+	Generation *int64
+	RunAt      *time.Time
+	CreatedAt  *time.Time
 	Notified   bool
 }
 
 // Producer side: adding, replacing and cancelling tasks, reading records.
-// Adds a task unless its key is live. A key whose record is terminal is
-// overwritten with the next generation; a live key (scheduled, queued or
-// running) makes this return no row, which the caller reports as "already
-// scheduled". Due tasks wake an idle worker through one notification.
+// Adds a task unless a strike matches it or its key is live. A key whose
+// record is terminal is overwritten with the next generation; a live key
+// (scheduled, queued or running) stores nothing and returns a null
+// generation, which the caller reports as "already scheduled". A matching
+// (non-hold) strike stores nothing and names itself in struck_by (” when
+// none does). Due tasks
+// wake idle workers through one notification.
 func (q *Queries) AddTask(ctx context.Context, db DBTX, arg AddTaskParams) (AddTaskRow, error) {
 	row := db.QueryRow(ctx, addTask,
 		arg.Queue,
-		arg.Key,
 		arg.Task,
 		arg.Args,
+		arg.Key,
 		arg.RunAt,
 	)
 	var i AddTaskRow
 	err := row.Scan(
+		&i.StruckBy,
 		&i.Generation,
 		&i.RunAt,
 		&i.CreatedAt,
@@ -66,49 +85,67 @@ func (q *Queries) AddTask(ctx context.Context, db DBTX, arg AddTaskParams) (AddT
 }
 
 const addTasks = `-- name: AddTasks :many
-INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-SELECT $1::text, u.key, u.task, u.args::jsonb,
-       CASE WHEN u.run_at_set THEN u.run_at ELSE now() END
-FROM (SELECT unnest($2::text[]) AS key, unnest($3::text[]) AS task,
-             unnest($4::text[]) AS args, unnest($5::timestamptz[]) AS run_at,
-             unnest($6::bool[]) AS run_at_set) AS u
-ON CONFLICT (queue, key) DO UPDATE
-SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+WITH input AS (
+    SELECT unnest($1::text[]) AS key, unnest($2::text[]) AS task,
+           unnest($3::text[])::jsonb AS args, unnest($4::timestamptz[]) AS run_at,
+           unnest($5::bool[]) AS run_at_set
+), judged AS (
+    SELECT input.key, input.task, input.args, input.run_at, input.run_at_set, (
+        SELECT s.rule FROM shadows.strikes s
+        WHERE s.queue = $6::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
+          AND shadows.strike_matches(s.conditions, input.args)
+        ORDER BY s.id
+        LIMIT 1
+    ) AS struck_by
+    FROM input
+), ins AS (
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    SELECT $6::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END
+    FROM judged
+    WHERE struck_by IS NULL
+    ON CONFLICT (queue, key) DO UPDATE
+    SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(),
+    error = NULL, result = NULL, created_at = now(), held = false,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-WHERE t.state IN ('completed', 'failed', 'cancelled')
-RETURNING t.key, t.generation, t.run_at, t.created_at
+    WHERE t.state IN ('completed', 'failed', 'cancelled')
+    RETURNING t.key, t.generation, t.run_at, t.created_at
+)
+SELECT judged.key::text AS key, coalesce(judged.struck_by, '')::text AS struck_by, ins.generation, ins.run_at, ins.created_at
+FROM judged LEFT JOIN ins ON ins.key = judged.key
 `
 
 type AddTasksParams struct {
-	Queue     string
 	Keys      []string
 	Tasks     []string
 	Args      []string
 	RunAts    []time.Time
 	RunAtSets []bool
+	Queue     string
 }
 
 type AddTasksRow struct {
 	Key        string
-	Generation int64
-	RunAt      time.Time
-	CreatedAt  time.Time
+	StruckBy   string
+	Generation *int64
+	RunAt      *time.Time
+	CreatedAt  *time.Time
 }
 
-// AddMany: every row of the batch in one statement. Keys must be distinct
-// within the batch. Returns the rows that were stored; the others were live.
+// AddMany: every row of the batch in one statement, with AddTask's rules.
+// Keys must be distinct within the batch. Returns one row per input key:
+// struck_by names the strike that kept it out (” when none did), and a null
+// generation means the key was live.
 func (q *Queries) AddTasks(ctx context.Context, db DBTX, arg AddTasksParams) ([]AddTasksRow, error) {
 	rows, err := db.Query(ctx, addTasks,
-		arg.Queue,
 		arg.Keys,
 		arg.Tasks,
 		arg.Args,
 		arg.RunAts,
 		arg.RunAtSets,
+		arg.Queue,
 	)
 	if err != nil {
 		return nil, err
@@ -119,6 +156,7 @@ func (q *Queries) AddTasks(ctx context.Context, db DBTX, arg AddTasksParams) ([]
 		var i AddTasksRow
 		if err := rows.Scan(
 			&i.Key,
+			&i.StruckBy,
 			&i.Generation,
 			&i.RunAt,
 			&i.CreatedAt,
@@ -212,6 +250,7 @@ SELECT count(*) FILTER (WHERE state IN ('scheduled', 'running'))::bigint AS tota
        count(*) FILTER (WHERE state = 'scheduled')::bigint AS pending,
        count(*) FILTER (WHERE state = 'scheduled' AND run_at <= now())::bigint AS due,
        count(*) FILTER (WHERE state = 'running')::bigint AS running,
+       count(*) FILTER (WHERE state = 'scheduled' AND held)::bigint AS held,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = $1::text AND state IN ('scheduled', 'running')
@@ -222,6 +261,7 @@ type CountTasksRow struct {
 	Pending int64
 	Due     int64
 	Running int64
+	Held    int64
 	Now     time.Time
 }
 
@@ -235,6 +275,7 @@ func (q *Queries) CountTasks(ctx context.Context, db DBTX, queue string) (CountT
 		&i.Pending,
 		&i.Due,
 		&i.Running,
+		&i.Held,
 		&i.Now,
 	)
 	return i, err
@@ -277,7 +318,7 @@ func (q *Queries) DeleteTask(ctx context.Context, db DBTX, arg DeleteTaskParams)
 const getTask = `-- name: GetTask :one
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        worker, started_at, finished_at, expires_at, error, result, created_at,
-       progress_current, progress_total, progress_message, progress_at,
+       progress_current, progress_total, progress_message, progress_at, held,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = $1::text AND key = $2::text
@@ -309,6 +350,7 @@ type GetTaskRow struct {
 	ProgressTotal   *int64
 	ProgressMessage *string
 	ProgressAt      *time.Time
+	Held            bool
 	Now             time.Time
 }
 
@@ -336,6 +378,7 @@ func (q *Queries) GetTask(ctx context.Context, db DBTX, arg GetTaskParams) (GetT
 		&i.ProgressTotal,
 		&i.ProgressMessage,
 		&i.ProgressAt,
+		&i.Held,
 		&i.Now,
 	)
 	return i, err
@@ -343,7 +386,7 @@ func (q *Queries) GetTask(ctx context.Context, db DBTX, arg GetTaskParams) (GetT
 
 const hasLiveTasks = `-- name: HasLiveTasks :one
 SELECT (EXISTS (
-    SELECT 1 FROM shadows.tasks WHERE queue = $1::text AND state = 'scheduled'
+    SELECT 1 FROM shadows.tasks WHERE queue = $1::text AND state = 'scheduled' AND NOT held
 ) OR EXISTS (
     SELECT 1 FROM shadows.tasks WHERE queue = $1::text AND state = 'running'
 ))::bool AS live
@@ -465,47 +508,63 @@ func (q *Queries) NotifyReady(ctx context.Context, db DBTX, queue string) error 
 }
 
 const replaceTask = `-- name: ReplaceTask :one
-INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-VALUES ($1, $2, $3, $4, coalesce($5::timestamptz, now()))
-ON CONFLICT (queue, key) DO UPDATE
-SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+WITH struck AS (
+    SELECT s.rule FROM shadows.strikes s
+    WHERE s.queue = $1::text AND NOT s.hold AND (s.task IS NULL OR s.task = $2::text)
+      AND shadows.strike_matches(s.conditions, $3::jsonb)
+    ORDER BY s.id
+    LIMIT 1
+), ins AS (
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    SELECT $1::text, $4::text, $2::text, $3::jsonb,
+           coalesce($5::timestamptz, now())
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
+    SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(),
+    error = NULL, result = NULL, created_at = now(), held = false,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-RETURNING t.generation, t.run_at, t.created_at,
-    CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified
+    RETURNING t.generation, t.run_at, t.created_at
+)
+SELECT coalesce((SELECT rule FROM struck), '')::text AS struck_by,
+    ins.generation, ins.run_at, ins.created_at,
+    CASE WHEN ins.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', $1::text))
+         ELSE false END::bool AS notified
+FROM (SELECT 1) AS one LEFT JOIN ins ON true
 `
 
 type ReplaceTaskParams struct {
 	Queue string
-	Key   string
 	Task  string
 	Args  json.RawMessage
+	Key   string
 	RunAt *time.Time
 }
 
 type ReplaceTaskRow struct {
-	Generation int64
-	RunAt      time.Time
-	CreatedAt  time.Time
+	StruckBy   string
+	Generation *int64
+	RunAt      *time.Time
+	CreatedAt  *time.Time
 	Notified   bool
 }
 
-// Adds a task, overwriting whatever the key holds. A running copy keeps
-// running, but its generation is gone, so it can neither finish nor renew the
-// new record.
+// Adds a task, overwriting whatever the key holds, unless a strike matches
+// it. A running copy keeps running, but its generation is gone, so it can
+// neither finish nor renew the new record.
 func (q *Queries) ReplaceTask(ctx context.Context, db DBTX, arg ReplaceTaskParams) (ReplaceTaskRow, error) {
 	row := db.QueryRow(ctx, replaceTask,
 		arg.Queue,
-		arg.Key,
 		arg.Task,
 		arg.Args,
+		arg.Key,
 		arg.RunAt,
 	)
 	var i ReplaceTaskRow
 	err := row.Scan(
+		&i.StruckBy,
 		&i.Generation,
 		&i.RunAt,
 		&i.CreatedAt,

@@ -1,31 +1,65 @@
 -- Worker side: claiming, lease renewal and recording how tasks ended.
 
 -- name: ClaimDue :many
--- The hot path. The inner scan walks tasks_due in exactly its order and stops
--- after max_rows due rows; future rows sort after now() and are never read.
+-- The hot path. The inner scan walks tasks_ready in exactly its order and
+-- stops after max_rows due rows; future and held rows are never read. Each
+-- claimed row is judged against the queue's strikes: a matching hold strike
+-- sets it aside (held) untouched, any other matching strike cancels it, and
+-- the rest start running. Rows set aside or cancelled come back with
+-- struck_by naming the strike, so the worker can log them.
 WITH due AS (
-    SELECT key FROM shadows.tasks
-    WHERE queue = @queue::text AND state = 'scheduled' AND run_at <= now()
+    SELECT key, task, args FROM shadows.tasks
+    WHERE queue = @queue::text AND state = 'scheduled' AND NOT held AND run_at <= now()
     ORDER BY run_at, seq
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
+), judged AS (
+    SELECT due.key, st.rule, st.hold
+    FROM due LEFT JOIN LATERAL (
+        SELECT s.rule, s.hold FROM shadows.strikes s
+        WHERE s.queue = @queue::text AND (s.task IS NULL OR s.task = due.task)
+          AND shadows.strike_matches(s.conditions, due.args)
+        ORDER BY s.hold, s.id
+        LIMIT 1
+    ) AS st ON true
+), set_aside AS (
+    UPDATE shadows.tasks t
+    SET held = judged.hold,
+        state = CASE WHEN judged.hold THEN t.state ELSE 'cancelled' END,
+        finished_at = CASE WHEN judged.hold THEN NULL ELSE now() END,
+        expires_at = CASE WHEN judged.hold THEN NULL
+                          ELSE now() + make_interval(secs => @ttl_seconds::float8) END,
+        error = CASE WHEN judged.hold THEN NULL ELSE 'struck: ' || judged.rule END
+    FROM judged
+    WHERE judged.rule IS NOT NULL AND t.queue = @queue::text AND t.key = judged.key
+    RETURNING t.key, t.task, t.generation, t.attempt, t.run_at, judged.rule, judged.hold
+), claimed AS (
+    UPDATE shadows.tasks t
+    SET state = 'running', worker = @worker::text, started_at = now(),
+        deliveries = t.deliveries + 1,
+        lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
+    FROM judged
+    WHERE judged.rule IS NULL AND t.queue = @queue::text AND t.key = judged.key
+    RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
+        t.deliveries, t.started_at
 )
-UPDATE shadows.tasks t
-SET state = 'running', worker = @worker::text, started_at = now(),
-    deliveries = t.deliveries + 1,
-    lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
-FROM due
-WHERE t.queue = @queue::text AND t.key = due.key
-RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
-    t.deliveries, t.started_at;
+SELECT key, task, args, generation, attempt, run_at, deliveries, started_at,
+    NULL::text AS struck_by, false AS held
+FROM claimed
+UNION ALL
+SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz,
+    rule, hold
+FROM set_aside;
 
 -- name: ClaimLapsed :many
 -- Redelivery: running tasks whose lease lapsed because their worker stopped
 -- renewing it (it died or lost the database). A lapsed task that was asked
--- to cancel ends cancelled instead.
+-- to cancel ends cancelled instead. The caller's own tasks in flight are
+-- skipped: it still runs them, and will renew or finish them.
 WITH lapsed AS (
     SELECT key, cancel_requested FROM shadows.tasks
     WHERE queue = @queue::text AND state = 'running' AND lease_expires_at < now()
+      AND key <> ALL (coalesce(@in_flight::text[], '{}'))
     ORDER BY lease_expires_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
@@ -49,7 +83,7 @@ RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
 -- exactly until then.
 SELECT run_at
 FROM shadows.tasks
-WHERE queue = @queue::text AND state = 'scheduled'
+WHERE queue = @queue::text AND state = 'scheduled' AND NOT held
 ORDER BY run_at, seq
 LIMIT 1;
 
@@ -57,13 +91,14 @@ LIMIT 1;
 -- Extends the leases of this worker's running tasks and returns the keys
 -- among them that a cancel asked to stop.
 WITH mine AS (
-    SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation
+    SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
+           unnest(@deliveries::int[]) AS deliveries
 ), renewed AS (
     UPDATE shadows.tasks t
     SET lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
     FROM mine
     WHERE t.queue = @queue::text AND t.key = mine.key AND t.generation = mine.generation
-      AND t.state = 'running' AND t.worker = @worker::text
+      AND t.deliveries = mine.deliveries AND t.state = 'running' AND t.worker = @worker::text
     RETURNING t.key
 )
 SELECT t.key
@@ -78,7 +113,9 @@ WHERE t.queue = @queue::text AND t.state = 'running' AND t.cancel_requested;
 --     becomes the next run — new time, arguments and attempt, next
 --     generation — so the end of one run and the birth of the next are one
 --     atomic row update, and a crash can neither lose nor double the chain.
--- A run that was asked to cancel is never rescheduled: it ends completed if
+-- Each outcome is guarded by the generation and delivery its worker claimed:
+-- the late outcome of a run whose lease lapsed cannot end the delivery that
+-- replaced it. A run that was asked to cancel is never rescheduled: it ends completed if
 -- its handler succeeded and cancelled otherwise. A row whose generation
 -- moved on was replaced or re-added while it ran: it is left alone
 -- (superseded). Notifications wake result waiters and, when a
@@ -87,7 +124,8 @@ WITH ended AS (
     SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
            unnest(@states::text[]) AS state, unnest(@errors::text[]) AS error,
            unnest(@results::text[]) AS result, unnest(@next_run_ats::timestamptz[]) AS next_run_at,
-           unnest(@next_args::text[]) AS next_args, unnest(@next_attempts::int[]) AS next_attempt
+           unnest(@next_args::text[]) AS next_args, unnest(@next_attempts::int[]) AS next_attempt,
+           unnest(@deliveries::int[]) AS deliveries
 ), rescheduled AS (
     UPDATE shadows.tasks t
     SET state = 'scheduled', run_at = ended.next_run_at,
@@ -98,6 +136,7 @@ WITH ended AS (
     FROM ended
     WHERE ended.state = 'scheduled'
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.deliveries = ended.deliveries
       AND t.state = 'running' AND NOT t.cancel_requested
     RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
@@ -110,6 +149,7 @@ WITH ended AS (
     FROM ended
     WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND @ttl_seconds::float8 > 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.deliveries = ended.deliveries
       AND t.state = 'running'
     RETURNING t.key
 ), deleted AS (
@@ -117,6 +157,7 @@ WITH ended AS (
     USING ended
     WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND @ttl_seconds::float8 <= 0
       AND t.queue = @queue::text AND t.key = ended.key AND t.generation = ended.generation
+      AND t.deliveries = ended.deliveries
       AND t.state = 'running'
     RETURNING t.key
 )

@@ -1,57 +1,105 @@
 -- Producer side: adding, replacing and cancelling tasks, reading records.
 
 -- name: AddTask :one
--- Adds a task unless its key is live. A key whose record is terminal is
--- overwritten with the next generation; a live key (scheduled, queued or
--- running) makes this return no row, which the caller reports as "already
--- scheduled". Due tasks wake an idle worker through one notification.
-INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-VALUES (@queue, @key, @task, @args, coalesce(sqlc.narg('run_at')::timestamptz, now()))
-ON CONFLICT (queue, key) DO UPDATE
-SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+-- Adds a task unless a strike matches it or its key is live. A key whose
+-- record is terminal is overwritten with the next generation; a live key
+-- (scheduled, queued or running) stores nothing and returns a null
+-- generation, which the caller reports as "already scheduled". A matching
+-- (non-hold) strike stores nothing and names itself in struck_by ('' when
+-- none does). Due tasks
+-- wake idle workers through one notification.
+WITH struck AS (
+    SELECT s.rule FROM shadows.strikes s
+    WHERE s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = @task::text)
+      AND shadows.strike_matches(s.conditions, @args::jsonb)
+    ORDER BY s.id
+    LIMIT 1
+), ins AS (
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    SELECT @queue::text, @key::text, @task::text, @args::jsonb,
+           coalesce(sqlc.narg('run_at')::timestamptz, now())
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
+    SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(),
+    error = NULL, result = NULL, created_at = now(), held = false,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-WHERE t.state IN ('completed', 'failed', 'cancelled')
-RETURNING t.generation, t.run_at, t.created_at,
-    CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified;
+    WHERE t.state IN ('completed', 'failed', 'cancelled')
+    RETURNING t.generation, t.run_at, t.created_at
+)
+SELECT coalesce((SELECT rule FROM struck), '')::text AS struck_by,
+    ins.generation, ins.run_at, ins.created_at,
+    CASE WHEN ins.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', @queue::text))
+         ELSE false END::bool AS notified
+FROM (SELECT 1) AS one LEFT JOIN ins ON true;
 
 -- name: ReplaceTask :one
--- Adds a task, overwriting whatever the key holds. A running copy keeps
--- running, but its generation is gone, so it can neither finish nor renew the
--- new record.
-INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-VALUES (@queue, @key, @task, @args, coalesce(sqlc.narg('run_at')::timestamptz, now()))
-ON CONFLICT (queue, key) DO UPDATE
-SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+-- Adds a task, overwriting whatever the key holds, unless a strike matches
+-- it. A running copy keeps running, but its generation is gone, so it can
+-- neither finish nor renew the new record.
+WITH struck AS (
+    SELECT s.rule FROM shadows.strikes s
+    WHERE s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = @task::text)
+      AND shadows.strike_matches(s.conditions, @args::jsonb)
+    ORDER BY s.id
+    LIMIT 1
+), ins AS (
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    SELECT @queue::text, @key::text, @task::text, @args::jsonb,
+           coalesce(sqlc.narg('run_at')::timestamptz, now())
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
+    SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(),
+    error = NULL, result = NULL, created_at = now(), held = false,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-RETURNING t.generation, t.run_at, t.created_at,
-    CASE WHEN t.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', t.queue)) ELSE false END::bool AS notified;
+    RETURNING t.generation, t.run_at, t.created_at
+)
+SELECT coalesce((SELECT rule FROM struck), '')::text AS struck_by,
+    ins.generation, ins.run_at, ins.created_at,
+    CASE WHEN ins.run_at <= now() THEN (SELECT true FROM pg_notify('shadows_ready', @queue::text))
+         ELSE false END::bool AS notified
+FROM (SELECT 1) AS one LEFT JOIN ins ON true;
 
 -- name: AddTasks :many
--- AddMany: every row of the batch in one statement. Keys must be distinct
--- within the batch. Returns the rows that were stored; the others were live.
-INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-SELECT @queue::text, u.key, u.task, u.args::jsonb,
-       CASE WHEN u.run_at_set THEN u.run_at ELSE now() END
-FROM (SELECT unnest(@keys::text[]) AS key, unnest(@tasks::text[]) AS task,
-             unnest(@args::text[]) AS args, unnest(@run_ats::timestamptz[]) AS run_at,
-             unnest(@run_at_sets::bool[]) AS run_at_set) AS u
-ON CONFLICT (queue, key) DO UPDATE
-SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
+-- AddMany: every row of the batch in one statement, with AddTask's rules.
+-- Keys must be distinct within the batch. Returns one row per input key:
+-- struck_by names the strike that kept it out ('' when none did), and a null
+-- generation means the key was live.
+WITH input AS (
+    SELECT unnest(@keys::text[]) AS key, unnest(@tasks::text[]) AS task,
+           unnest(@args::text[])::jsonb AS args, unnest(@run_ats::timestamptz[]) AS run_at,
+           unnest(@run_at_sets::bool[]) AS run_at_set
+), judged AS (
+    SELECT input.*, (
+        SELECT s.rule FROM shadows.strikes s
+        WHERE s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
+          AND shadows.strike_matches(s.conditions, input.args)
+        ORDER BY s.id
+        LIMIT 1
+    ) AS struck_by
+    FROM input
+), ins AS (
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    SELECT @queue::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END
+    FROM judged
+    WHERE struck_by IS NULL
+    ON CONFLICT (queue, key) DO UPDATE
+    SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(),
+    error = NULL, result = NULL, created_at = now(), held = false,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-WHERE t.state IN ('completed', 'failed', 'cancelled')
-RETURNING t.key, t.generation, t.run_at, t.created_at;
+    WHERE t.state IN ('completed', 'failed', 'cancelled')
+    RETURNING t.key, t.generation, t.run_at, t.created_at
+)
+SELECT judged.key::text AS key, coalesce(judged.struck_by, '')::text AS struck_by, ins.generation, ins.run_at, ins.created_at
+FROM judged LEFT JOIN ins ON ins.key = judged.key;
 
 -- name: NotifyReady :exec
 SELECT pg_notify('shadows_ready', @queue::text);
@@ -88,7 +136,7 @@ DELETE FROM shadows.tasks WHERE queue = @queue::text AND key = @key::text AND st
 -- name: GetTask :one
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        worker, started_at, finished_at, expires_at, error, result, created_at,
-       progress_current, progress_total, progress_message, progress_at,
+       progress_current, progress_total, progress_message, progress_at, held,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = @queue::text AND key = @key::text;
@@ -116,6 +164,7 @@ SELECT count(*) FILTER (WHERE state IN ('scheduled', 'running'))::bigint AS tota
        count(*) FILTER (WHERE state = 'scheduled')::bigint AS pending,
        count(*) FILTER (WHERE state = 'scheduled' AND run_at <= now())::bigint AS due,
        count(*) FILTER (WHERE state = 'running')::bigint AS running,
+       count(*) FILTER (WHERE state = 'scheduled' AND held)::bigint AS held,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = @queue::text AND state IN ('scheduled', 'running');
@@ -137,7 +186,7 @@ LIMIT @max_rows;
 -- name: HasLiveTasks :one
 -- Whether anything is still to run: scheduled (future included) or running.
 SELECT (EXISTS (
-    SELECT 1 FROM shadows.tasks WHERE queue = @queue::text AND state = 'scheduled'
+    SELECT 1 FROM shadows.tasks WHERE queue = @queue::text AND state = 'scheduled' AND NOT held
 ) OR EXISTS (
     SELECT 1 FROM shadows.tasks WHERE queue = @queue::text AND state = 'running'
 ))::bool AS live;

@@ -63,7 +63,9 @@ func whenParam(t time.Time) *time.Time {
 // Add stores a task to run at opts.When under opts.Key (both optional; nil
 // opts means now and a fresh key). If the key is live — scheduled, queued or
 // running — nothing changes and the returned Execution's Disposition is
-// DispositionAlreadyScheduled; a key whose record is terminal is reused.
+// DispositionAlreadyScheduled; a key whose record is terminal is reused. If
+// a strike matches the task, nothing is stored, a warning is logged and the
+// Disposition is DispositionStruck.
 func (q *Queue) Add(ctx context.Context, args Args, opts *AddOpts) (*Execution, error) {
 	return q.add(ctx, q.pool, args, opts, false)
 }
@@ -127,14 +129,24 @@ func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, re
 	} else {
 		row, err = q.queries.AddTask(ctx, conn, p)
 	}
-	if errors.Is(err, pgx.ErrNoRows) {
-		return q.alreadyScheduled(ctx, conn, e)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("add %s %q: %w", name, key, err)
 	}
-	e.fillAdded(row.Generation, row.RunAt, row.CreatedAt, row.Notified)
+	switch {
+	case row.StruckBy != "":
+		e.struck(q, row.StruckBy)
+		return e, nil
+	case row.Generation == nil:
+		return q.alreadyScheduled(ctx, conn, e)
+	}
+	e.fillAdded(*row.Generation, *row.RunAt, *row.CreatedAt, row.Notified)
 	return e, nil
+}
+
+// struck marks e as kept out by the strike rule and logs it.
+func (e *Execution) struck(q *Queue, rule string) {
+	e.Disposition, e.StruckBy = DispositionStruck, rule
+	q.cfg.Logger.Warn("task struck: not added", "queue", q.cfg.Name, "task", e.Task, "key", e.Key, "strike", rule)
 }
 
 func (e *Execution) fillAdded(generation int64, runAt, createdAt time.Time, due bool) {
@@ -164,7 +176,7 @@ const addManyChunk = 5000
 // AddMany adds a batch of tasks with Add's rules, in one transaction and one
 // statement per 5,000 tasks. The result has one Execution per entry, in
 // order; an entry whose key is live, or repeats an earlier entry's key, is
-// DispositionAlreadyScheduled. Invalid arguments or keys fail the whole
+// DispositionAlreadyScheduled, and one a strike matches DispositionStruck. Invalid arguments or keys fail the whole
 // batch before anything is stored.
 func (q *Queue) AddMany(ctx context.Context, entries []Entry) ([]*Execution, error) {
 	if len(entries) == 0 {
@@ -236,10 +248,15 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) ([]*Exe
 		}
 		for _, r := range rows {
 			e := out[index[r.Key]]
-			e.Disposition = DispositionScheduled
-			d := !r.RunAt.After(r.CreatedAt)
-			due = due || d
-			e.fillAdded(r.Generation, r.RunAt, r.CreatedAt, d)
+			switch {
+			case r.StruckBy != "":
+				e.struck(q, r.StruckBy)
+			case r.Generation != nil:
+				e.Disposition = DispositionScheduled
+				d := !r.RunAt.After(*r.CreatedAt)
+				due = due || d
+				e.fillAdded(*r.Generation, *r.RunAt, *r.CreatedAt, d)
+			}
 		}
 	}
 	for _, e := range out {

@@ -51,6 +51,8 @@ const (
 	// DispositionAlreadyScheduled: the key was live (scheduled, queued or
 	// running), so nothing was changed.
 	DispositionAlreadyScheduled
+	// DispositionStruck: a strike matched the task, so nothing was stored.
+	DispositionStruck
 )
 
 func (d Disposition) String() string {
@@ -61,6 +63,8 @@ func (d Disposition) String() string {
 		return "scheduled"
 	case DispositionAlreadyScheduled:
 		return "already_scheduled"
+	case DispositionStruck:
+		return "struck"
 	}
 	return fmt.Sprintf("Disposition(%d)", int(d))
 }
@@ -73,7 +77,12 @@ type Execution struct {
 	Task        string
 	Args        json.RawMessage
 	Disposition Disposition
-	State       State
+	// StruckBy is the strike rule that kept an add out
+	// (DispositionStruck).
+	StruckBy string
+	State    State
+	// Held is true while a hold strike keeps the task waiting.
+	Held bool
 	// When is the time the task is due.
 	When    time.Time
 	Attempt int
@@ -154,6 +163,7 @@ func executionFromRow(r db.GetTaskRow) *Execution {
 		Attempt:     int(r.Attempt),
 		Generation:  r.Generation,
 		Redelivered: r.Deliveries > 1,
+		Held:        r.Held,
 		Result:      r.Result,
 		CreatedAt:   r.CreatedAt,
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -79,14 +81,22 @@ func (s *inflightSet) cancelKey(key string) {
 	}
 }
 
-func (s *inflightSet) snapshot() (keys []string, generations []int64) {
+// snapshot lists the tasks in flight, sorted by key so that statements
+// locking their rows always lock them in the same order.
+func (s *inflightSet) snapshot() (keys []string, generations []int64, deliveries []int32) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k := range s.m {
-		keys = append(keys, k.key)
-		generations = append(generations, k.generation)
+	xs := make([]*execution, 0, len(s.m))
+	for _, f := range s.m {
+		xs = append(xs, f.x)
 	}
-	return keys, generations
+	s.mu.Unlock()
+	slices.SortFunc(xs, func(a, b *execution) int { return strings.Compare(a.Key, b.Key) })
+	for _, x := range xs {
+		keys = append(keys, x.Key)
+		generations = append(generations, x.generation)
+		deliveries = append(deliveries, x.deliveries)
+	}
+	return keys, generations, deliveries
 }
 
 // Outcome states as the finisher records them.
@@ -99,10 +109,11 @@ const (
 
 // outcome is how a run ended, as the finisher records it.
 type outcome struct {
-	key    inflightKey
-	state  string
-	err    string
-	result json.RawMessage
+	key        inflightKey
+	deliveries int32
+	state      string
+	err        string
+	result     json.RawMessage
 	// For stateRescheduled: the next run.
 	nextAt      time.Time
 	nextArgs    json.RawMessage // nil keeps the arguments
@@ -117,7 +128,7 @@ func (w *Worker) execute(f *inflight) {
 		reg = w.fallback
 	}
 	x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
-	out := outcome{key: inflightKey{x.Key, x.generation}}
+	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries}
 	policy := reg.policy
 
 	if w.atMost != nil && w.exceedsAtMost(x.Key) {

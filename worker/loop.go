@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"time"
 
@@ -126,49 +127,67 @@ func resetTimer(t *time.Timer, d time.Duration) {
 func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (int, error) {
 	var claimed []*execution
 	if sweep {
+		mine, _, _ := w.inflight.snapshot()
 		rows, err := w.queries.ClaimLapsed(ctx, w.pool, db.ClaimLapsedParams{
-			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(free), LeaseSeconds: w.leaseSeconds(), TtlSeconds: w.ttlSeconds(),
+			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(free), LeaseSeconds: w.leaseSeconds(),
+			TtlSeconds: w.ttlSeconds(), InFlight: mine,
 		})
 		if err != nil {
 			return 0, err
 		}
 		for _, r := range rows {
-			claimed = append(claimed, w.newExecution(db.ClaimDueRow(r)))
+			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt))
 		}
 	}
 	if left := free - len(claimed); left > 0 {
 		rows, err := w.queries.ClaimDue(ctx, w.pool, db.ClaimDueParams{
 			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(left), LeaseSeconds: w.leaseSeconds(),
+			TtlSeconds: w.ttlSeconds(),
 		})
 		if err != nil {
 			w.startAll(claimed, tasks) // already claimed: run them
 			return len(claimed), err
 		}
 		for _, r := range rows {
-			claimed = append(claimed, w.newExecution(r))
+			if r.StruckBy != nil {
+				w.logStruck(r)
+				continue
+			}
+			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt))
 		}
 	}
 	w.startAll(claimed, tasks)
 	return len(claimed), nil
 }
 
-func (w *Worker) newExecution(r db.ClaimDueRow) *execution {
+// logStruck reports a due task that a strike cancelled or set aside.
+func (w *Worker) logStruck(r db.ClaimDueRow) {
+	if r.Held {
+		w.logger.Info("task held by a strike", "task", r.Task, "key", r.Key, "strike", *r.StruckBy)
+		return
+	}
+	w.logger.Warn("🗙 task struck: cancelled", "task", r.Task, "key", r.Key, "strike", *r.StruckBy)
+}
+
+func (w *Worker) newExecution(key, task string, args json.RawMessage, generation int64, attempt int32,
+	runAt time.Time, deliveries int32, startedAt *time.Time) *execution {
 	x := &execution{
 		Info: Info{
-			Key:         r.Key,
-			Name:        r.Task,
-			Attempt:     int(r.Attempt),
-			When:        r.RunAt,
-			Redelivered: r.Deliveries > 1,
+			Key:         key,
+			Name:        task,
+			Attempt:     int(attempt),
+			When:        runAt,
+			Redelivered: deliveries > 1,
 			Worker:      w.cfg.Name,
 			Queue:       w.q,
 		},
-		args:       r.Args,
-		generation: r.Generation,
+		args:       args,
+		generation: generation,
+		deliveries: deliveries,
 		w:          w,
 	}
-	if r.StartedAt != nil {
-		x.started = *r.StartedAt
+	if startedAt != nil {
+		x.started = *startedAt
 	}
 	return x
 }

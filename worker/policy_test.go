@@ -546,3 +546,20 @@ func TestInvalidPolicies(t *testing.T) {
 	require.ErrorContains(t, err, `unknown shadows tag option "loged"`)
 	require.ErrorIs(t, worker.Register(worker.NewRegistry(), h, worker.Policy{Retry: worker.Retry{Attempts: worker.RetryForever}}), nil)
 }
+
+func TestRunAtMostSeesAutomaticTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Tick]) error {
+		runs.Add(1)
+		return nil
+	}, worker.Policy{Perpetual: &worker.Perpetual{Every: 10 * time.Millisecond, Automatic: true}})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, b.worker(t).RunAtMost(ctx, map[string]int{"tick": 3}))
+	require.EqualValues(t, 3, runs.Load())
+	ex, err := b.q.Execution(t.Context(), "tick")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State, "the chain ended after its last allowed run")
+}

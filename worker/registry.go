@@ -72,6 +72,7 @@ type execution struct {
 	Info
 	args       json.RawMessage
 	generation int64
+	deliveries int32     // this claim's delivery number, guarding its writes
 	started    time.Time // by the database's clock
 	w          *Worker
 	timeout    *Timeout

@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,7 +25,7 @@ type finisher struct {
 	mu       sync.Mutex
 	pending  []outcome
 	writing  bool
-	flushMu  sync.Mutex // one batch is written at a time
+	flushMu  sync.Mutex // held while writing; lease renewal takes it too
 	failures int
 }
 
@@ -74,7 +76,10 @@ func (f *finisher) run(ctx context.Context) {
 func (f *finisher) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), f.w.cfg.RedeliveryTimeout)
 	defer cancel()
-	for f.flush(ctx) {
+	for !f.idle() && ctx.Err() == nil {
+		if !f.flush(ctx) {
+			sleep(ctx, time.Millisecond) // the run loop is writing a batch
+		}
 	}
 	if !f.idle() {
 		f.w.logger.Error("could not record task outcomes before stopping; they will be redelivered")
@@ -83,9 +88,11 @@ func (f *finisher) drain() {
 
 // flush writes one batch and reports whether there may be more to write.
 func (f *finisher) flush(ctx context.Context) bool {
-	f.flushMu.Lock()
-	defer f.flushMu.Unlock()
 	f.mu.Lock()
+	if f.writing { // another goroutine is writing; it will go on
+		f.mu.Unlock()
+		return false
+	}
 	n := min(len(f.pending), finishBatch)
 	batch := f.pending[:n:n]
 	f.pending = f.pending[n:]
@@ -122,6 +129,9 @@ func (f *finisher) flush(ctx context.Context) bool {
 
 func (f *finisher) write(ctx context.Context, batch []outcome) error {
 	n := len(batch)
+	// Lock rows in key order, as lease renewal does, so the two never
+	// deadlock.
+	slices.SortFunc(batch, func(a, b outcome) int { return strings.Compare(a.key.key, b.key.key) })
 	p := db.FinishTasksParams{
 		Queue:        f.w.q.Name(),
 		Keys:         make([]string, n),
@@ -132,13 +142,19 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 		NextRunAts:   make([]time.Time, n),
 		NextArgs:     make([]string, n),
 		NextAttempts: make([]int32, n),
+		Deliveries:   make([]int32, n),
 		TtlSeconds:   f.w.ttlSeconds(),
 	}
 	for i, o := range batch {
 		p.Keys[i], p.Generations[i] = o.key.key, o.key.generation
 		p.States[i], p.Errors[i], p.Results[i] = o.state, o.err, string(o.result)
 		p.NextRunAts[i], p.NextArgs[i], p.NextAttempts[i] = o.nextAt, string(o.nextArgs), int32(o.nextAttempt)
+		p.Deliveries[i] = o.deliveries
 	}
+	f.flushMu.Lock() // lease renewal locks the same rows
+	defer f.flushMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout/4)
+	defer cancel()
 	_, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
 	return err
 }
@@ -206,7 +222,8 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 // those a cancel asked to stop: the backstop for a cancel notification sent
 // while nobody listened.
 func (w *Worker) renewLeases(ctx context.Context) {
-	t := time.NewTicker(w.cfg.RedeliveryTimeout / 4)
+	every := w.cfg.RedeliveryTimeout / 4
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -215,23 +232,44 @@ func (w *Worker) renewLeases(ctx context.Context) {
 		case <-t.C:
 		case <-w.renewNow:
 		}
-		keys, gens := w.inflight.snapshot()
-		if len(keys) == 0 {
-			continue
-		}
-		cancelled, err := w.queries.RenewLeases(ctx, w.pool, db.RenewLeasesParams{
-			Queue: w.q.Name(), Keys: keys, Generations: gens, Worker: w.cfg.Name, LeaseSeconds: w.leaseSeconds(),
-		})
-		if err != nil {
-			if ctx.Err() == nil {
-				w.logger.Warn("renewing task leases failed", "error", err)
+		for failures := 0; ctx.Err() == nil; failures++ {
+			err := w.renewOnce(ctx, every)
+			if err == nil {
+				break
 			}
-			continue
-		}
-		for _, k := range cancelled {
-			w.inflight.cancelKey(k)
+			if ctx.Err() != nil {
+				return
+			}
+			w.logger.Warn("renewing task leases failed; retrying", "error", err)
+			if !sleep(ctx, min(w.backoff(failures), every/4)) {
+				return
+			}
 		}
 	}
+}
+
+// renewOnce extends the leases of the tasks in flight, within limit. It is
+// serialised with recording outcomes: both lock the same rows.
+func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
+	w.done.flushMu.Lock()
+	defer w.done.flushMu.Unlock()
+	keys, gens, deliveries := w.inflight.snapshot()
+	if len(keys) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	cancelled, err := w.queries.RenewLeases(ctx, w.pool, db.RenewLeasesParams{
+		Queue: w.q.Name(), Keys: keys, Generations: gens, Deliveries: deliveries,
+		Worker: w.cfg.Name, LeaseSeconds: w.leaseSeconds(),
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range cancelled {
+		w.inflight.cancelKey(k)
+	}
+	return nil
 }
 
 // heartbeat announces the worker and, less often, deletes expired records

@@ -210,8 +210,9 @@ func (w *Worker) RunUntilFinished(ctx context.Context) error {
 }
 
 // RunAtMost runs like RunUntilFinished, but runs each key in limits at most
-// that many times: later deliveries of the key end cancelled without running.
-// It exists to test self-rescheduling tasks.
+// that many times: a perpetual task's chain ends after its last allowed run
+// (completed), and any later delivery of the key ends cancelled without
+// running. It exists to test self-rescheduling tasks.
 func (w *Worker) RunAtMost(ctx context.Context, limits map[string]int) error {
 	w.atMost = make(map[string]int, len(limits))
 	for k, n := range limits {
@@ -242,7 +243,9 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	services.Go(func() { w.renewLeases(svcCtx) })
 	services.Go(func() { w.heartbeat(svcCtx) })
 	if !w.cfg.NoAutomaticTasks {
-		services.Go(func() { w.seedAutomatic(svcCtx) })
+		// Seed once before claiming, so RunUntilFinished sees the seeds.
+		w.seedOnce(ctx)
+		services.Go(func() { w.reseed(svcCtx) })
 	}
 
 	// Tasks run under their own contexts, cancelled only by a cancel.
@@ -269,36 +272,40 @@ func fallbackRegistration(h Handler[RawArgs]) *registration {
 	return &registration{name: "fallback", policy: policy, layout: layout, run: typedRun(h, layout, policy)}
 }
 
-// seedAutomatic adds every automatic task under its task name, now for a
-// Perpetual task and at its next match for a Cron task, at start and every
-// ReseedInterval. A live key makes the add a no-op, so however many workers
-// seed, one chain lives.
-func (w *Worker) seedAutomatic(ctx context.Context) {
-	regs := w.reg.automatic()
-	if len(regs) == 0 {
+// seedOnce adds every automatic task under its task name: now for a
+// Perpetual task, at its next match for a Cron task. A live key makes the add
+// a no-op, so however many workers seed, one chain lives.
+func (w *Worker) seedOnce(ctx context.Context) {
+	for _, reg := range w.reg.automatic() {
+		var when time.Time
+		if reg.policy.schedule != nil {
+			when = reg.policy.nextCron(time.Now())
+		}
+		ex, err := w.q.Add(ctx, reg.seed(), &queue.AddOpts{Key: reg.name, When: when})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			w.logger.Warn("seeding automatic task failed", "task", reg.name, "error", err)
+		case err == nil && ex.Disposition == queue.DispositionScheduled:
+			w.logger.Info("seeded automatic task", "task", reg.name, "when", ex.When)
+		}
+	}
+}
+
+// reseed seeds the automatic tasks again every ReseedInterval, reviving
+// chains that were cancelled or struck and restored.
+func (w *Worker) reseed(ctx context.Context) {
+	if len(w.reg.automatic()) == 0 {
 		return
 	}
 	t := time.NewTicker(w.cfg.ReseedInterval)
 	defer t.Stop()
 	for {
-		for _, reg := range regs {
-			var when time.Time
-			if reg.policy.schedule != nil {
-				when = reg.policy.nextCron(time.Now())
-			}
-			ex, err := w.q.Add(ctx, reg.seed(), &queue.AddOpts{Key: reg.name, When: when})
-			switch {
-			case err != nil && ctx.Err() == nil:
-				w.logger.Warn("seeding automatic task failed", "task", reg.name, "error", err)
-			case err == nil && ex.Disposition == queue.DispositionScheduled:
-				w.logger.Info("seeded automatic task", "task", reg.name, "when", ex.When)
-			}
-		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		w.seedOnce(ctx)
 	}
 }
 

@@ -209,6 +209,7 @@ func dockerReachable() bool {
 
 // teardown drops the binary's database and stops its server, if set up.
 func teardown() error {
+	closeExamplePool()
 	if srv == nil {
 		return nil
 	}
@@ -397,4 +398,77 @@ func withDatabase(connString, name string) (string, error) {
 	}
 	// In a keyword/value string, the last setting of a keyword wins.
 	return connString + " dbname=" + name, nil
+}
+
+// The pool that ExamplePool hands to a package's runnable examples.
+var (
+	examplePoolMu sync.Mutex
+	examplePool   *pgxpool.Pool
+)
+
+// ExamplePool returns a pool on the package's migrated database, for
+// runnable examples (func ExampleXxx), which have no testing.TB to fail or
+// clean up with. The first call finds the server and connects, as Pool
+// does for tests; every example of the package then shares that pool, and
+// Main closes it when the tests and examples are done. The examples must
+// not close it.
+//
+// Since an example has no other way to fail, ExamplePool panics, with the
+// reason, when the package does not call Main or no database is to be had.
+func ExamplePool() *pgxpool.Pool {
+	if !mainCalled {
+		panic("pgtest: the package must call pgtest.Main(m) from its TestMain, which cleans up after the examples")
+	}
+	setupOnce.Do(func() { srv, srvErr = setup() })
+	if srvErr != nil {
+		panic(srvErr)
+	}
+	examplePoolMu.Lock()
+	defer examplePoolMu.Unlock()
+	if examplePool != nil {
+		return examplePool
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	pool, err := pgxpool.New(ctx, srv.dbURL)
+	if err != nil {
+		panic(fmt.Sprintf("pgtest: %v", err))
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		panic(fmt.Sprintf("pgtest: connecting to %s: %v", srv.dbName, err))
+	}
+	examplePool = pool
+	return pool
+}
+
+// closeExamplePool closes the pool of ExamplePool, if one was opened.
+func closeExamplePool() {
+	examplePoolMu.Lock()
+	defer examplePoolMu.Unlock()
+	if examplePool != nil {
+		examplePool.Close()
+		examplePool = nil
+	}
+}
+
+// ExampleQueueName returns a queue name unique to this call, for a runnable
+// example: prefix, with characters other than ASCII letters, digits, '_' and
+// '-' replaced by '_', shortened, and a random suffix. It is at most 100
+// bytes long.
+func ExampleQueueName(prefix string) string {
+	suffix := "-" + randomHex(8)
+	var b strings.Builder
+	for _, r := range prefix {
+		if b.Len() >= maxQueueName-len(suffix) {
+			break
+		}
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '-':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	return b.String() + suffix
 }
