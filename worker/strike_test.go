@@ -1,0 +1,165 @@
+package worker_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shadows-go/shadows/queue"
+	"github.com/shadows-go/shadows/strike"
+	"github.com/shadows-go/shadows/worker"
+)
+
+type Charge struct {
+	CustomerID string  `json:"customer_id"`
+	Amount     float64 `json:"amount"`
+}
+
+func (Charge) TaskName() string { return "charge" }
+
+func TestStrikeAtClaimTime(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var mu sync.Mutex
+	ran := map[string]bool{}
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Charge]) error {
+		mu.Lock()
+		ran[task.Key] = true
+		mu.Unlock()
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	// Queued and scheduled before the strike.
+	for _, k := range []string{"big-now", "small-now"} {
+		amount := 10.0
+		if k == "big-now" {
+			amount = 5000
+		}
+		_, err := b.q.Add(ctx, Charge{CustomerID: "c", Amount: amount}, &queue.AddOpts{Key: k})
+		require.NoError(t, err)
+	}
+	_, err := b.q.Add(ctx, Charge{CustomerID: "c", Amount: 9000}, &queue.AddOpts{Key: "big-later", When: time.Now().Add(200 * time.Millisecond)})
+	require.NoError(t, err)
+	rule := strike.Rule{Task: "charge", Param: "amount", Op: strike.Gt, Value: 1000}
+	_, err = b.q.Strike(ctx, rule)
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+
+	require.Equal(t, map[string]bool{"small-now": true}, ran)
+	for _, k := range []string{"big-now", "big-later"} {
+		ex, err := b.q.Execution(ctx, k)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCancelled, ex.State, k)
+		require.Equal(t, "struck: "+rule.String(), ex.Error)
+	}
+	require.Contains(t, b.logs.String(), "task struck: cancelled")
+	require.Contains(t, b.logs.String(), `strike="charge amount > 1000"`)
+}
+
+func TestHoldStrikeKeepsTasksUntilRestored(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Charge]) error {
+		runs.Add(1)
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	hold := strike.Rule{Param: "customer_id", Op: strike.Eq, Value: "frozen", Hold: true}
+	_, err := b.q.Strike(ctx, hold)
+	require.NoError(t, err)
+	for _, k := range []string{"a", "b"} {
+		ex, err := b.q.Add(ctx, Charge{CustomerID: "frozen"}, &queue.AddOpts{Key: k})
+		require.NoError(t, err)
+		require.Equal(t, queue.DispositionScheduled, ex.Disposition, "a hold stores the task")
+	}
+	_, err = b.q.Add(ctx, Charge{CustomerID: "free"}, &queue.AddOpts{Key: "free"})
+	require.NoError(t, err)
+	b.runUntilFinished(t) // held tasks do not keep it running
+	require.EqualValues(t, 1, runs.Load())
+	ex, err := b.q.Execution(ctx, "a")
+	require.NoError(t, err)
+	require.True(t, ex.Held)
+	require.Equal(t, queue.StateQueued, ex.State)
+	snap, err := b.q.Snapshot(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, snap.Total)
+
+	b.start(t)
+	removed, err := b.q.Restore(ctx, hold)
+	require.NoError(t, err)
+	require.True(t, removed)
+	for _, k := range []string{"a", "b"} {
+		ex, err := b.wait(t, k)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State)
+		require.False(t, ex.Held)
+	}
+	require.EqualValues(t, 3, runs.Load())
+}
+
+func TestStrikeNeverInterruptsRunningTasks(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Charge]) error {
+		close(started)
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}, worker.Policy{})
+	b.start(t)
+	_, err := b.q.Add(t.Context(), Charge{}, &queue.AddOpts{Key: "running"})
+	require.NoError(t, err)
+	<-started
+	_, err = b.q.Strike(t.Context(), strike.Rule{Task: "charge"})
+	require.NoError(t, err)
+	close(release)
+	ex, err := b.wait(t, "running")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+}
+
+func TestStruckAutomaticTaskResumesAfterRestore(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Tick]) error {
+		runs.Add(1)
+		return nil
+	}, worker.Policy{Perpetual: &worker.Perpetual{Every: 20 * time.Millisecond, Automatic: true}})
+	b.cfg.ReseedInterval = 50 * time.Millisecond
+	ctx := t.Context()
+	rule := strike.Rule{Task: "tick"}
+	_, err := b.q.Strike(ctx, rule)
+	require.NoError(t, err)
+	b.start(t)
+	// Struck: the seed is refused, and nothing runs however often it reseeds.
+	time.Sleep(300 * time.Millisecond)
+	require.Zero(t, runs.Load())
+	_, err = b.q.Execution(ctx, "tick")
+	require.ErrorIs(t, err, queue.ErrNotFound)
+	require.Contains(t, b.logs.String(), "task struck: not added")
+
+	_, err = b.q.Restore(ctx, rule)
+	require.NoError(t, err)
+	eventually(t, "the automatic task runs again", func() bool { return runs.Load() >= 3 })
+
+	// Striking it again stops the live chain at its next run.
+	_, err = b.q.Strike(ctx, rule)
+	require.NoError(t, err)
+	eventually(t, "the chain is cancelled", func() bool {
+		ex, err := b.q.Execution(ctx, "tick")
+		return err == nil && ex.State == queue.StateCancelled
+	})
+	n := runs.Load()
+	time.Sleep(200 * time.Millisecond)
+	require.Equal(t, n, runs.Load(), "a struck automatic task stays stopped")
+}
