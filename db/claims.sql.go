@@ -11,11 +11,58 @@ import (
 	"time"
 )
 
+const acquireSlots = `-- name: AcquireSlots :many
+SELECT parked_key::text AS key, parked_on::text AS waiting_on
+FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[],
+                           $4::text[], $5::int[])
+`
+
+type AcquireSlotsParams struct {
+	Queue       string
+	Tasks       []string
+	Generations []int64
+	LimitKeys   []string
+	Maxes       []int32
+}
+
+type AcquireSlotsRow struct {
+	Key       string
+	WaitingOn string
+}
+
+// Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
+func (q *Queries) AcquireSlots(ctx context.Context, db DBTX, arg AcquireSlotsParams) ([]AcquireSlotsRow, error) {
+	rows, err := db.Query(ctx, acquireSlots,
+		arg.Queue,
+		arg.Tasks,
+		arg.Generations,
+		arg.LimitKeys,
+		arg.Maxes,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []AcquireSlotsRow
+	for rows.Next() {
+		var i AcquireSlotsRow
+		if err := rows.Scan(&i.Key, &i.WaitingOn); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const claimDue = `-- name: ClaimDue :many
 
 WITH due AS (
     SELECT key, task, args FROM shadows.tasks
-    WHERE queue = $1::text AND state = 'scheduled' AND NOT held AND run_at <= now()
+    WHERE queue = $1::text AND state = 'scheduled' AND NOT held AND waiting_on IS NULL
+      AND run_at <= now()
     ORDER BY run_at, seq
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -80,8 +127,9 @@ type ClaimDueRow struct {
 }
 
 // Worker side: claiming, lease renewal and recording how tasks ended.
-// The hot path. The inner scan walks tasks_ready in exactly its order and
-// stops after max_rows due rows; future and held rows are never read. Each
+// The hot path. The inner scan walks tasks_claimable in exactly its order
+// and stops after max_rows due rows; future, held and waiting rows are never
+// read. Each
 // claimed row is judged against the queue's strikes: a matching hold strike
 // sets it aside (held) untouched, any other matching strike cancels it, and
 // the rest start running. Rows set aside or cancelled come back with
@@ -314,7 +362,7 @@ func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParam
 const nextDue = `-- name: NextDue :one
 SELECT run_at
 FROM shadows.tasks
-WHERE queue = $1::text AND state = 'scheduled' AND NOT held
+WHERE queue = $1::text AND state = 'scheduled' AND NOT held AND waiting_on IS NULL
 ORDER BY run_at, seq
 LIMIT 1
 `
@@ -326,6 +374,23 @@ func (q *Queries) NextDue(ctx context.Context, db DBTX, queue string) (time.Time
 	var run_at time.Time
 	err := row.Scan(&run_at)
 	return run_at, err
+}
+
+const releaseSlots = `-- name: ReleaseSlots :one
+SELECT shadows.release_slots($1::text, $2::text[], $3::bigint[])::int AS woken
+`
+
+type ReleaseSlotsParams struct {
+	Queue       string
+	Tasks       []string
+	Generations []int64
+}
+
+func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsParams) (int32, error) {
+	row := db.QueryRow(ctx, releaseSlots, arg.Queue, arg.Tasks, arg.Generations)
+	var woken int32
+	err := row.Scan(&woken)
+	return woken, err
 }
 
 const renewLeases = `-- name: RenewLeases :many
@@ -421,4 +486,15 @@ func (q *Queries) SetProgress(ctx context.Context, db DBTX, arg SetProgressParam
 		arg.Generation,
 	)
 	return err
+}
+
+const wakeWaiters = `-- name: WakeWaiters :one
+SELECT shadows.wake_waiters($1::text)::int AS woken
+`
+
+func (q *Queries) WakeWaiters(ctx context.Context, db DBTX, queue string) (int32, error) {
+	row := db.QueryRow(ctx, wakeWaiters, queue)
+	var woken int32
+	err := row.Scan(&woken)
+	return woken, err
 }

@@ -68,6 +68,13 @@ func (e ShadowsTaskState) Valid() bool {
 	return false
 }
 
+type ShadowsConcurrency struct {
+	Queue    string
+	LimitKey string
+	Running  int64
+	MaxSlots interface{}
+}
+
 type ShadowsExecution struct {
 	Queue           string
 	Key             string
@@ -91,6 +98,15 @@ type ShadowsExecution struct {
 	ProgressMessage *string
 	ProgressAt      *time.Time
 	Held            bool
+}
+
+type ShadowsSlot struct {
+	Queue      string
+	LimitKey   string
+	TaskKey    string
+	Generation int64
+	MaxSlots   int32
+	AcquiredAt time.Time
 }
 
 type ShadowsStrike struct {
@@ -128,6 +144,8 @@ type ShadowsTask struct {
 	ProgressMessage *string
 	ProgressAt      *time.Time
 	Held            bool
+	WaitingOn       *string
+	WaitingMax      *int32
 }
 
 type ShadowsWorker struct {

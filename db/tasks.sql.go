@@ -29,7 +29,7 @@ WITH struck AS (
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false,
+    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.generation, t.run_at, t.created_at
@@ -108,7 +108,7 @@ WITH input AS (
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false,
+    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.key, t.generation, t.run_at, t.created_at
@@ -251,6 +251,7 @@ SELECT count(*) FILTER (WHERE state IN ('scheduled', 'running'))::bigint AS tota
        count(*) FILTER (WHERE state = 'scheduled' AND run_at <= now())::bigint AS due,
        count(*) FILTER (WHERE state = 'running')::bigint AS running,
        count(*) FILTER (WHERE state = 'scheduled' AND held)::bigint AS held,
+       count(*) FILTER (WHERE state = 'scheduled' AND waiting_on IS NOT NULL)::bigint AS waiting,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = $1::text AND state IN ('scheduled', 'running')
@@ -262,6 +263,7 @@ type CountTasksRow struct {
 	Due     int64
 	Running int64
 	Held    int64
+	Waiting int64
 	Now     time.Time
 }
 
@@ -276,6 +278,7 @@ func (q *Queries) CountTasks(ctx context.Context, db DBTX, queue string) (CountT
 		&i.Due,
 		&i.Running,
 		&i.Held,
+		&i.Waiting,
 		&i.Now,
 	)
 	return i, err
@@ -319,6 +322,7 @@ const getTask = `-- name: GetTask :one
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        worker, started_at, finished_at, expires_at, error, result, created_at,
        progress_current, progress_total, progress_message, progress_at, held,
+       coalesce(waiting_on, '')::text AS waiting_on,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = $1::text AND key = $2::text
@@ -351,6 +355,7 @@ type GetTaskRow struct {
 	ProgressMessage *string
 	ProgressAt      *time.Time
 	Held            bool
+	WaitingOn       string
 	Now             time.Time
 }
 
@@ -379,6 +384,7 @@ func (q *Queries) GetTask(ctx context.Context, db DBTX, arg GetTaskParams) (GetT
 		&i.ProgressMessage,
 		&i.ProgressAt,
 		&i.Held,
+		&i.WaitingOn,
 		&i.Now,
 	)
 	return i, err
@@ -524,7 +530,7 @@ WITH struck AS (
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false,
+    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     RETURNING t.generation, t.run_at, t.created_at
 )

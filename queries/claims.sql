@@ -1,15 +1,17 @@
 -- Worker side: claiming, lease renewal and recording how tasks ended.
 
 -- name: ClaimDue :many
--- The hot path. The inner scan walks tasks_ready in exactly its order and
--- stops after max_rows due rows; future and held rows are never read. Each
+-- The hot path. The inner scan walks tasks_claimable in exactly its order
+-- and stops after max_rows due rows; future, held and waiting rows are never
+-- read. Each
 -- claimed row is judged against the queue's strikes: a matching hold strike
 -- sets it aside (held) untouched, any other matching strike cancels it, and
 -- the rest start running. Rows set aside or cancelled come back with
 -- struck_by naming the strike, so the worker can log them.
 WITH due AS (
     SELECT key, task, args FROM shadows.tasks
-    WHERE queue = @queue::text AND state = 'scheduled' AND NOT held AND run_at <= now()
+    WHERE queue = @queue::text AND state = 'scheduled' AND NOT held AND waiting_on IS NULL
+      AND run_at <= now()
     ORDER BY run_at, seq
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
@@ -83,7 +85,7 @@ RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
 -- exactly until then.
 SELECT run_at
 FROM shadows.tasks
-WHERE queue = @queue::text AND state = 'scheduled' AND NOT held
+WHERE queue = @queue::text AND state = 'scheduled' AND NOT held AND waiting_on IS NULL
 ORDER BY run_at, seq
 LIMIT 1;
 
@@ -183,3 +185,15 @@ SET progress_current = CASE
     progress_at = now()
 WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bigint
   AND state = 'running';
+
+-- name: AcquireSlots :many
+-- Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
+SELECT parked_key::text AS key, parked_on::text AS waiting_on
+FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[],
+                           @limit_keys::text[], @maxes::int[]);
+
+-- name: ReleaseSlots :one
+SELECT shadows.release_slots(@queue::text, @tasks::text[], @generations::bigint[])::int AS woken;
+
+-- name: WakeWaiters :one
+SELECT shadows.wake_waiters(@queue::text)::int AS woken;

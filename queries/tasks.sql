@@ -24,7 +24,7 @@ WITH struck AS (
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false,
+    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.generation, t.run_at, t.created_at
@@ -55,7 +55,7 @@ WITH struck AS (
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false,
+    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     RETURNING t.generation, t.run_at, t.created_at
 )
@@ -93,7 +93,7 @@ WITH input AS (
     state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false,
+    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.key, t.generation, t.run_at, t.created_at
@@ -137,6 +137,7 @@ DELETE FROM shadows.tasks WHERE queue = @queue::text AND key = @key::text AND st
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        worker, started_at, finished_at, expires_at, error, result, created_at,
        progress_current, progress_total, progress_message, progress_at, held,
+       coalesce(waiting_on, '')::text AS waiting_on,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = @queue::text AND key = @key::text;
@@ -165,6 +166,7 @@ SELECT count(*) FILTER (WHERE state IN ('scheduled', 'running'))::bigint AS tota
        count(*) FILTER (WHERE state = 'scheduled' AND run_at <= now())::bigint AS due,
        count(*) FILTER (WHERE state = 'running')::bigint AS running,
        count(*) FILTER (WHERE state = 'scheduled' AND held)::bigint AS held,
+       count(*) FILTER (WHERE state = 'scheduled' AND waiting_on IS NOT NULL)::bigint AS waiting,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = @queue::text AND state IN ('scheduled', 'running');

@@ -83,6 +83,8 @@ type Execution struct {
 	State    State
 	// Held is true while a hold strike keeps the task waiting.
 	Held bool
+	// WaitingOn is the concurrency limit key the task waits for a slot of.
+	WaitingOn string
 	// When is the time the task is due.
 	When    time.Time
 	Attempt int
@@ -164,6 +166,7 @@ func executionFromRow(r db.GetTaskRow) *Execution {
 		Generation:  r.Generation,
 		Redelivered: r.Deliveries > 1,
 		Held:        r.Held,
+		WaitingOn:   r.WaitingOn,
 		Result:      r.Result,
 		CreatedAt:   r.CreatedAt,
 	}

@@ -29,6 +29,10 @@ type Snapshot struct {
 	Running []TaskInfo
 	// RunningCount counts all of them.
 	RunningCount int
+	// Waiting counts tasks waiting for a concurrency slot, and Held those a
+	// hold strike keeps waiting; both are among Future.
+	Waiting int
+	Held    int
 	// Workers lists the live workers.
 	Workers []WorkerInfo
 }
@@ -66,6 +70,8 @@ func (q *Queue) Snapshot(ctx context.Context) (*Snapshot, error) {
 		Queued:       int(c.Due),
 		FutureCount:  int(c.Pending),
 		RunningCount: int(c.Running),
+		Waiting:      int(c.Waiting),
+		Held:         int(c.Held),
 	}
 	pending, err := q.queries.ListPending(ctx, q.pool, db.ListPendingParams{Queue: q.cfg.Name, MaxRows: SnapshotLimit})
 	if err != nil {

@@ -111,6 +111,7 @@ const (
 type outcome struct {
 	key        inflightKey
 	deliveries int32
+	hasSlots   bool // holds concurrency slots to release
 	state      string
 	err        string
 	result     json.RawMessage
@@ -128,12 +129,19 @@ func (w *Worker) execute(f *inflight) {
 		reg = w.fallback
 	}
 	x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
-	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries}
+	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries, hasSlots: len(x.slots) > 0}
 	policy := reg.policy
 
 	if w.atMost != nil && w.exceedsAtMost(x.Key) {
 		x.Logger.Info("task dropped: it reached its RunAtMost limit")
 		out.state = stateCancelled
+		w.done.push(out)
+		return
+	}
+
+	if x.preErr != nil {
+		out.state, out.err, out.hasSlots = stateFailed, x.preErr.Error(), false
+		x.Logger.Error("↩ "+x.Name+"(…) failed before it started", "error", out.err)
 		w.done.push(out)
 		return
 	}

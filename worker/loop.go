@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -79,15 +81,19 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 // round trip: a quarter of the concurrency (at most 100), or whatever is
 // free 2ms after the first slot frees.
 func (w *Worker) waitForSlots(ctx context.Context) bool {
+	want := int64(min(max(w.cfg.Concurrency/4, 1), 100))
+	free := func() int64 { return int64(w.cfg.Concurrency) - w.running.Load() }
+	if free() >= want && !w.done.backlogged() {
+		return true
+	}
 	select {
 	case <-ctx.Done():
 		return false
 	case <-w.slotFreed:
 	}
-	want := int64(min(max(w.cfg.Concurrency/4, 1), 100))
 	deadline := time.NewTimer(2 * time.Millisecond)
 	defer deadline.Stop()
-	for int64(w.cfg.Concurrency)-w.running.Load() < want {
+	for free() < want {
 		select {
 		case <-ctx.Done():
 			return false
@@ -127,6 +133,10 @@ func resetTimer(t *time.Timer, d time.Duration) {
 func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (int, error) {
 	var claimed []*execution
 	if sweep {
+		// The backstop for waiters whose slots freed without a release.
+		if _, err := w.queries.WakeWaiters(ctx, w.pool, w.q.Name()); err != nil {
+			return 0, err
+		}
 		mine, _, _ := w.inflight.snapshot()
 		rows, err := w.queries.ClaimLapsed(ctx, w.pool, db.ClaimLapsedParams{
 			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(free), LeaseSeconds: w.leaseSeconds(),
@@ -145,7 +155,7 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			TtlSeconds: w.ttlSeconds(),
 		})
 		if err != nil {
-			w.startAll(claimed, tasks) // already claimed: run them
+			w.startAll(w.admit(ctx, claimed), tasks) // already claimed: run them
 			return len(claimed), err
 		}
 		for _, r := range rows {
@@ -156,8 +166,59 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt))
 		}
 	}
-	w.startAll(claimed, tasks)
-	return len(claimed), nil
+	n := len(claimed)
+	w.startAll(w.admit(ctx, claimed), tasks)
+	return n, nil
+}
+
+// admit takes the concurrency slots the claimed tasks need and returns those
+// that may start. A task whose limit is full has been parked by the database
+// and is dropped here; it is woken when a slot frees.
+func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
+	var p db.AcquireSlotsParams
+	for _, x := range claimed {
+		reg := w.reg.lookup(x.Name)
+		if reg == nil || len(reg.policy.Concurrency) == 0 {
+			continue
+		}
+		slots, err := limitKeys(x.Name, reg.policy.Concurrency, x.args)
+		if err != nil {
+			x.preErr = err
+			continue
+		}
+		x.slots = slots
+		for _, s := range slots {
+			p.Tasks = append(p.Tasks, x.Key)
+			p.Generations = append(p.Generations, x.generation)
+			p.LimitKeys = append(p.LimitKeys, s.key)
+			p.Maxes = append(p.Maxes, int32(s.max))
+		}
+	}
+	if len(p.Tasks) == 0 {
+		return claimed
+	}
+	p.Queue = w.q.Name()
+	parked, err := w.queries.AcquireSlots(ctx, w.pool, p)
+	if err != nil {
+		// The limited tasks stay claimed without running; their leases
+		// lapse and they are delivered again.
+		w.logger.Warn("taking concurrency slots failed; limited tasks will be redelivered", "error", err)
+		return slices.DeleteFunc(claimed, func(x *execution) bool { return len(x.slots) > 0 })
+	}
+	if len(parked) == 0 {
+		return claimed
+	}
+	waiting := make(map[string]string, len(parked))
+	for _, r := range parked {
+		waiting[r.Key] = r.WaitingOn
+	}
+	return slices.DeleteFunc(claimed, func(x *execution) bool {
+		key, ok := waiting[x.Key]
+		if ok && w.logger.Enabled(ctx, slog.LevelDebug) {
+			w.logger.Debug("task waits for a concurrency slot", "task", x.Name, "key", x.Key, "limit", key)
+		}
+		return ok
+	})
 }
 
 // logStruck reports a due task that a strike cancelled or set aside.

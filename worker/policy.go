@@ -27,6 +27,25 @@ type Policy struct {
 	// Cron makes the task reschedule itself at the matches of a cron
 	// expression.
 	Cron *Cron
+	// Concurrency limits how many such tasks run at once across every
+	// worker; all limits must have a free slot before the task starts.
+	Concurrency []ConcurrencyLimit
+}
+
+// ConcurrencyLimit caps how many tasks run at once, per value of one
+// argument (Arg, a JSON key of the arguments) or, with Arg empty, for the
+// task as a whole. Postgres enforces it across every worker of the queue.
+// A task that finds a limit full waits — it is not claimed again, costs no
+// attempt, and starts first come, first served when a slot frees. Tasks of
+// other keys never wait behind it.
+//
+// Limits are shared by key: two tasks limited on the same argument name
+// and value share slots, as in docket; Scope separates otherwise equal keys.
+// Slots are visible in the view shadows.concurrency.
+type ConcurrencyLimit struct {
+	Arg   string
+	Max   int
+	Scope string
 }
 
 // RetryForever, as an Attempts value, retries without limit.
@@ -92,6 +111,11 @@ var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month 
 
 func (p Policy) compile() (*compiledPolicy, error) {
 	c := &compiledPolicy{Policy: p, attempts: 1, backoff: func(int) time.Duration { return 0 }}
+	for _, l := range p.Concurrency {
+		if l.Max < 1 {
+			return nil, fmt.Errorf("concurrency limit on %q: maximum %d is below 1", l.Arg, l.Max)
+		}
+	}
 	if p.Timeout < 0 {
 		return nil, fmt.Errorf("timeout %v is negative", p.Timeout)
 	}

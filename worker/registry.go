@@ -77,6 +77,10 @@ type execution struct {
 	w          *Worker
 	timeout    *Timeout
 	perpetual  *perpetualState
+	// slots are the concurrency slots the run holds; preErr fails the run
+	// before its handler is called.
+	slots  []slotRequest
+	preErr error
 	// begin is called once the arguments decode, with their log rendering.
 	begin func(call string)
 }
@@ -110,6 +114,9 @@ func Register[T queue.Args](r *Registry, h Handler[T], p Policy) error {
 	}
 	layout, err := argtag.Parse(reflect.TypeFor[T]())
 	if err != nil {
+		return fail(err)
+	}
+	if err := checkLimits(p.Concurrency, layout); err != nil {
 		return fail(err)
 	}
 	if policy.automatic {

@@ -120,11 +120,32 @@ func (f *finisher) flush(ctx context.Context) bool {
 		return true
 	}
 	f.failures = 0
+	f.releaseSlots(ctx, batch)
 	for _, o := range batch {
 		f.w.inflight.remove(o.key)
 	}
 	signal(f.w.slotFreed) // a backlogged claim loop may go on
 	return true
+}
+
+// releaseSlots frees the concurrency slots of the batch's tasks and wakes
+// their waiters. If it fails, the waiters are woken by the sweep instead:
+// a slot whose holder no longer runs does not count.
+func (f *finisher) releaseSlots(ctx context.Context, batch []outcome) {
+	var p db.ReleaseSlotsParams
+	for _, o := range batch {
+		if o.hasSlots {
+			p.Tasks = append(p.Tasks, o.key.key)
+			p.Generations = append(p.Generations, o.key.generation)
+		}
+	}
+	if len(p.Tasks) == 0 {
+		return
+	}
+	p.Queue = f.w.q.Name()
+	if _, err := f.w.queries.ReleaseSlots(ctx, f.w.pool, p); err != nil && ctx.Err() == nil {
+		f.w.logger.Warn("releasing concurrency slots failed; the sweep will wake their waiters", "error", err)
+	}
 }
 
 func (f *finisher) write(ctx context.Context, batch []outcome) error {

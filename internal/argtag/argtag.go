@@ -88,6 +88,15 @@ func Parse(t reflect.Type) (*Layout, error) {
 	return l, nil
 }
 
+// Fields lists the JSON names of the type's fields, in order.
+func (l *Layout) Fields() []string {
+	out := make([]string, len(l.fields))
+	for i, f := range l.fields {
+		out[i] = f.name
+	}
+	return out
+}
+
 // Required lists the JSON names of the fields tagged required.
 func (l *Layout) Required() []string {
 	var out []string

@@ -1,0 +1,306 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shadows-go/shadows/queue"
+	"github.com/shadows-go/shadows/worker"
+)
+
+type Export struct {
+	UserID int    `json:"user_id"`
+	Region string `json:"region"`
+	Step   int    `json:"step"`
+}
+
+func (Export) TaskName() string { return "export" }
+
+type Backup struct {
+	DB string `json:"db"`
+}
+
+func (Backup) TaskName() string { return "backup" }
+
+// occupancy tracks how many tasks run per key at once and the peak.
+type occupancy struct {
+	mu    sync.Mutex
+	now   map[string]int
+	peak  map[string]int
+	order []string
+}
+
+func newOccupancy() *occupancy {
+	return &occupancy{now: map[string]int{}, peak: map[string]int{}}
+}
+
+func (o *occupancy) enter(keys ...string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, k := range keys {
+		o.now[k]++
+		o.peak[k] = max(o.peak[k], o.now[k])
+	}
+}
+
+func (o *occupancy) leave(keys ...string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, k := range keys {
+		o.now[k]--
+	}
+}
+
+func (o *occupancy) record(s string) {
+	o.mu.Lock()
+	o.order = append(o.order, s)
+	o.mu.Unlock()
+}
+
+func TestConcurrencyLimitsHoldAcrossWorkers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	occ := newOccupancy()
+	var total atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Export]) error {
+		keys := []string{fmt.Sprintf("user:%d", task.Args.UserID), "region:" + task.Args.Region, "all"}
+		occ.enter(keys...)
+		defer occ.leave(keys...)
+		total.Add(1)
+		time.Sleep(3 * time.Millisecond)
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{
+		{Arg: "user_id", Max: 1},
+		{Arg: "region", Max: 3},
+	}})
+	var entries []queue.Entry
+	for i := range 240 {
+		entries = append(entries, queue.Entry{Args: Export{UserID: i % 12, Region: fmt.Sprint("r", i%3)}})
+	}
+	_, err := b.q.AddMany(t.Context(), entries)
+	require.NoError(t, err)
+
+	b.cfg.Concurrency = 8
+	var wg sync.WaitGroup
+	for i := range 3 {
+		cfg := b.cfg
+		cfg.Name = fmt.Sprintf("w%d", i)
+		w, err := worker.New(b.pool, b.reg, cfg)
+		require.NoError(t, err)
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+			defer cancel()
+			require.NoError(t, w.RunUntilFinished(ctx))
+		})
+	}
+	wg.Wait()
+	require.EqualValues(t, 240, total.Load(), "every task ran once")
+	for k, p := range occ.peak {
+		switch {
+		case k == "all":
+			require.Greater(t, p, 1, "different users ran in parallel")
+		case k[:5] == "user:":
+			require.Equal(t, 1, p, k)
+		default:
+			require.LessOrEqual(t, p, 3, k)
+		}
+	}
+	var slots int
+	require.NoError(t, b.pool.QueryRow(t.Context(), `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&slots))
+	require.Zero(t, slots, "every slot was released")
+}
+
+func TestWaitersStartInOrderAndCostNoAttempt(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	occ := newOccupancy()
+	release := make(chan struct{})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		occ.record(task.Key)
+		if task.Key == "first" {
+			<-release
+		}
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	b.cfg.Concurrency = 10
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "first"})
+	require.NoError(t, err)
+	eventually(t, "the first backup runs", func() bool {
+		ex, err := b.q.Execution(ctx, "first")
+		return err == nil && ex.State == queue.StateRunning
+	})
+	for i := range 5 {
+		_, err := b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: fmt.Sprint("w", i)})
+		require.NoError(t, err)
+		eventually(t, "it waits", func() bool {
+			ex, err := b.q.Execution(ctx, fmt.Sprint("w", i))
+			return err == nil && ex.WaitingOn == "db:main"
+		})
+	}
+	// Another database is not held up.
+	_, err = b.q.Add(ctx, Backup{DB: "other"}, &queue.AddOpts{Key: "other"})
+	require.NoError(t, err)
+	_, err = b.wait(t, "other")
+	require.NoError(t, err)
+
+	snap, err := b.q.Snapshot(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 5, snap.Waiting)
+	var running int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT running FROM shadows.concurrency WHERE queue = $1 AND limit_key = 'db:main'`, b.q.Name()).Scan(&running))
+	require.Equal(t, 1, running)
+
+	close(release)
+	for i := range 5 {
+		ex, err := b.wait(t, fmt.Sprint("w", i))
+		require.NoError(t, err)
+		require.Equal(t, 1, ex.Attempt, "waiting costs no attempt")
+		require.False(t, ex.Redelivered)
+	}
+	occ.mu.Lock()
+	defer occ.mu.Unlock()
+	require.Equal(t, []string{"first", "other", "w0", "w1", "w2", "w3", "w4"}, occ.order)
+}
+
+func TestSlotsAreReleasedHoweverTasksEnd(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var attempts atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		switch task.Args.DB {
+		case "fails":
+			return errors.New("boom")
+		case "panics":
+			panic("boom")
+		case "times-out":
+			<-ctx.Done()
+			return ctx.Err()
+		case "retries":
+			if attempts.Add(1) < 3 {
+				return errors.New("again")
+			}
+		}
+		return nil
+	}, worker.Policy{
+		Concurrency: []worker.ConcurrencyLimit{{Max: 1}}, // the task as a whole
+		Timeout:     100 * time.Millisecond,
+		Retry:       worker.Retry{Attempts: 3},
+	})
+	for _, db := range []string{"fails", "panics", "times-out", "retries", "fine"} {
+		_, err := b.q.Add(t.Context(), Backup{DB: db}, &queue.AddOpts{Key: db})
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+	ex, err := b.wait(t, "fine")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	ex, err = b.wait(t, "retries")
+	require.NoError(t, err)
+	require.Equal(t, 3, ex.Attempt)
+	var slots int
+	require.NoError(t, b.pool.QueryRow(t.Context(), `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&slots))
+	require.Zero(t, slots)
+}
+
+func TestScopesSeparateKeys(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	occ := newOccupancy()
+	gate := make(chan struct{})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		occ.enter("all")
+		defer occ.leave("all")
+		<-gate
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1, Scope: "backups"}}})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Export]) error {
+		occ.enter("all")
+		defer occ.leave("all")
+		<-gate
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "region", Max: 1, Scope: "exports"}}})
+	b.start(t)
+	_, err := b.q.Add(t.Context(), Backup{DB: "eu"}, &queue.AddOpts{Key: "b"})
+	require.NoError(t, err)
+	_, err = b.q.Add(t.Context(), Export{Region: "eu"}, &queue.AddOpts{Key: "e"})
+	require.NoError(t, err)
+	eventually(t, "both run at once", func() bool {
+		occ.mu.Lock()
+		defer occ.mu.Unlock()
+		return occ.now["all"] == 2
+	})
+	close(gate)
+}
+
+func TestCancelledWaiterNeverRuns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	release := make(chan struct{})
+	var ran sync.Map
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		ran.Store(task.Key, true)
+		if task.Key == "holder" {
+			<-release
+		}
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Backup{DB: "x"}, &queue.AddOpts{Key: "holder"})
+	require.NoError(t, err)
+	eventually(t, "the holder runs", func() bool { _, ok := ran.Load("holder"); return ok })
+	_, err = b.q.Add(ctx, Backup{DB: "x"}, &queue.AddOpts{Key: "waiter"})
+	require.NoError(t, err)
+	eventually(t, "the waiter waits", func() bool {
+		ex, err := b.q.Execution(ctx, "waiter")
+		return err == nil && ex.WaitingOn != ""
+	})
+	require.NoError(t, b.q.Cancel(ctx, "waiter"))
+	close(release)
+	_, err = b.wait(t, "holder")
+	require.NoError(t, err)
+	ex, err := b.q.Execution(ctx, "waiter")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCancelled, ex.State)
+	_, ranWaiter := ran.Load("waiter")
+	require.False(t, ranWaiter)
+}
+
+func TestMissingLimitArgumentFailsTheTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error { return nil },
+		worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	_, err := b.pool.Exec(t.Context(), `INSERT INTO shadows.tasks (queue, key, task, args) VALUES ($1, 'no-db', 'backup', '{"host": "h", "port": 5432}')`, b.q.Name())
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	ex, err := b.wait(t, "no-db")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Equal(t, `concurrency limit argument "db" not found in task arguments; available: [host, port]`, ex.Error)
+}
+
+func TestInvalidConcurrencyLimits(t *testing.T) {
+	t.Parallel()
+	h := func(ctx context.Context, task *worker.Task[Backup]) error { return nil }
+	for name, l := range map[string]worker.ConcurrencyLimit{
+		"zero":      {Arg: "db", Max: 0},
+		"negative":  {Arg: "db", Max: -1},
+		"no such":   {Arg: "database", Max: 1},
+		"task zero": {Max: 0},
+	} {
+		err := worker.Register(worker.NewRegistry(), h, worker.Policy{Concurrency: []worker.ConcurrencyLimit{l}})
+		require.ErrorIs(t, err, worker.ErrInvalidRegistration, name)
+	}
+	err := worker.Register(worker.NewRegistry(), h, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "database", Max: 1}}})
+	require.ErrorContains(t, err, `the arguments have no such field (they have db)`)
+}
