@@ -57,6 +57,44 @@ func (q *Queries) AcquireSlots(ctx context.Context, db DBTX, arg AcquireSlotsPar
 	return items, nil
 }
 
+const admit = `-- name: Admit :one
+SELECT action::text AS action, delay_seconds::float8 AS delay_seconds, coalesce(reason, '')::text AS reason
+FROM shadows.admit($1::text, $2::text, $3::text[], $4::text[],
+                   $5::float8[], $6::int[], $7::bool[])
+`
+
+type AdmitParams struct {
+	Queue   string
+	TaskKey string
+	Kinds   []string
+	Keys    []string
+	Seconds []float64
+	Limits  []int32
+	Drops   []bool
+}
+
+type AdmitRow struct {
+	Action       string
+	DelaySeconds float64
+	Reason       string
+}
+
+// Admission control: see shadows.admit.
+func (q *Queries) Admit(ctx context.Context, db DBTX, arg AdmitParams) (AdmitRow, error) {
+	row := db.QueryRow(ctx, admit,
+		arg.Queue,
+		arg.TaskKey,
+		arg.Kinds,
+		arg.Keys,
+		arg.Seconds,
+		arg.Limits,
+		arg.Drops,
+	)
+	var i AdmitRow
+	err := row.Scan(&i.Action, &i.DelaySeconds, &i.Reason)
+	return i, err
+}
+
 const claimDue = `-- name: ClaimDue :many
 
 WITH due AS (
@@ -253,6 +291,19 @@ func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParam
 		return nil, err
 	}
 	return items, nil
+}
+
+const deleteExpiredAdmissions = `-- name: DeleteExpiredAdmissions :exec
+WITH c AS (DELETE FROM shadows.cooldowns WHERE expires_at < now()),
+     d AS (DELETE FROM shadows.debounces WHERE expires_at < now())
+DELETE FROM shadows.rate_events WHERE at < now() - interval '1 day'
+`
+
+// Garbage: cooldowns and debounces past their expiry; rate events older than
+// a day (no sensible period is longer).
+func (q *Queries) DeleteExpiredAdmissions(ctx context.Context, db DBTX) error {
+	_, err := db.Exec(ctx, deleteExpiredAdmissions)
+	return err
 }
 
 const finishTasks = `-- name: FinishTasks :one

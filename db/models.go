@@ -75,6 +75,20 @@ type ShadowsConcurrency struct {
 	MaxSlots interface{}
 }
 
+type ShadowsCooldown struct {
+	Queue     string
+	Key       string
+	ExpiresAt time.Time
+}
+
+type ShadowsDebounce struct {
+	Queue     string
+	Key       string
+	Winner    string
+	LastSeen  time.Time
+	ExpiresAt time.Time
+}
+
 type ShadowsExecution struct {
 	Queue           string
 	Key             string
@@ -98,6 +112,13 @@ type ShadowsExecution struct {
 	ProgressMessage *string
 	ProgressAt      *time.Time
 	Held            bool
+}
+
+type ShadowsRateEvent struct {
+	Queue   string
+	Key     string
+	TaskKey string
+	At      time.Time
 }
 
 type ShadowsSlot struct {

@@ -197,3 +197,16 @@ SELECT shadows.release_slots(@queue::text, @tasks::text[], @generations::bigint[
 
 -- name: WakeWaiters :one
 SELECT shadows.wake_waiters(@queue::text)::int AS woken;
+
+-- name: Admit :one
+-- Admission control: see shadows.admit.
+SELECT action::text AS action, delay_seconds::float8 AS delay_seconds, coalesce(reason, '')::text AS reason
+FROM shadows.admit(@queue::text, @task_key::text, @kinds::text[], @keys::text[],
+                   @seconds::float8[], @limits::int[], @drops::bool[]);
+
+-- name: DeleteExpiredAdmissions :exec
+-- Garbage: cooldowns and debounces past their expiry; rate events older than
+-- a day (no sensible period is longer).
+WITH c AS (DELETE FROM shadows.cooldowns WHERE expires_at < now()),
+     d AS (DELETE FROM shadows.debounces WHERE expires_at < now())
+DELETE FROM shadows.rate_events WHERE at < now() - interval '1 day';

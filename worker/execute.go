@@ -146,6 +146,11 @@ func (w *Worker) execute(f *inflight) {
 		return
 	}
 
+	if policy.admitted() && w.admitOrDefer(f.ctx, x, policy, &out) {
+		w.done.push(out)
+		return
+	}
+
 	x.timeout = &Timeout{base: policy.Timeout}
 	ctx, stop := x.timeout.start(f.ctx, &errTimeout{key: x.Key, limit: policy.Timeout})
 	defer stop()
@@ -195,6 +200,35 @@ func (w *Worker) execute(f *inflight) {
 		}
 	}
 	w.done.push(out)
+}
+
+// admitOrDefer checks the policy's admission rules. When they drop or delay
+// the run it fills out and returns true; the handler must not run. If the
+// check cannot be made (the database is away), the run is delayed briefly.
+func (w *Worker) admitOrDefer(ctx context.Context, x *execution, policy *compiledPolicy, out *outcome) bool {
+	p, err := admission(x.Name, x.Key, policy, x.args)
+	if err != nil {
+		out.state, out.err = stateFailed, err.Error()
+		x.Logger.Error("↩ "+x.Name+"(…) failed before it started", "error", out.err)
+		return true
+	}
+	p.Queue = w.q.Name()
+	row, err := w.queries.Admit(ctx, w.pool, p)
+	if err != nil {
+		row.Action, row.DelaySeconds, row.Reason = "reschedule", w.backoff(0).Seconds(), "admission check failed: "+err.Error()
+	}
+	switch row.Action {
+	case "drop":
+		out.state, out.err = stateCancelled, "dropped by "+row.Reason
+		x.Logger.Debug("⏭ "+x.Name+" dropped", "rule", row.Reason)
+		return true
+	case "reschedule":
+		out.state, out.nextAttempt = stateRescheduled, x.Attempt
+		out.nextAt = time.Now().Add(time.Duration(row.DelaySeconds * float64(time.Second)))
+		x.Logger.Debug("⏭ "+x.Name+" delayed", "rule", row.Reason, "until", out.nextAt)
+		return true
+	}
+	return false
 }
 
 // decide turns how a run ended into the outcome to record, applying the

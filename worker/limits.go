@@ -3,22 +3,40 @@ package worker
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/shadows-go/shadows/db"
 	"github.com/shadows-go/shadows/internal/argtag"
 )
 
-// checkLimits verifies at registration that every limited argument exists.
-func checkLimits(limits []ConcurrencyLimit, layout *argtag.Layout) error {
+// checkArgs verifies at registration that every argument a limit or an
+// admission rule names exists.
+func checkArgs(p Policy, layout *argtag.Layout) error {
 	fields := layout.Fields()
-	for _, l := range limits {
-		if l.Arg != "" && !slices.Contains(fields, l.Arg) {
-			return fmt.Errorf("concurrency limit on %q: the arguments have no such field (they have %s)", l.Arg, strings.Join(fields, ", "))
+	check := func(what, arg string) error {
+		if arg != "" && !slices.Contains(fields, arg) {
+			return fmt.Errorf("%s on %q: the arguments have no such field (they have %s)", what, arg, strings.Join(fields, ", "))
 		}
+		return nil
 	}
-	return nil
+	var errs []error
+	for _, l := range p.Concurrency {
+		errs = append(errs, check("concurrency limit", l.Arg))
+	}
+	for _, c := range p.Cooldown {
+		errs = append(errs, check("cooldown", c.Arg))
+	}
+	if p.Debounce != nil {
+		errs = append(errs, check("debounce", p.Debounce.Arg))
+	}
+	for _, r := range p.RateLimit {
+		errs = append(errs, check("rate limit", r.Arg))
+	}
+	return errors.Join(errs...)
 }
 
 // slotRequest is one limit a claimed task needs a slot of.
@@ -27,38 +45,93 @@ type slotRequest struct {
 	max int
 }
 
-// limitKeys computes the keys of a task's limits from its arguments:
-// "[scope/]arg:value" per argument value, "[scope/]task:name" for the task
-// as a whole. A limited argument missing from the arguments is an error
-// that names it and lists those present.
+// limitKeys computes the keys of a task's concurrency limits from its
+// arguments.
 func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage) ([]slotRequest, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(args, &fields); err != nil {
-		return nil, &ArgsError{Task: task, Err: err}
+	fields, err := argFields(task, args)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]slotRequest, 0, len(limits))
 	for _, l := range limits {
-		var key string
-		if l.Arg == "" {
-			key = "task:" + task
-		} else {
-			raw, ok := fields[l.Arg]
-			if !ok {
-				present := make([]string, 0, len(fields))
-				for k := range fields {
-					present = append(present, k)
-				}
-				slices.Sort(present)
-				return nil, fmt.Errorf("concurrency limit argument %q not found in task arguments; available: [%s]", l.Arg, strings.Join(present, ", "))
-			}
-			key = l.Arg + ":" + limitValue(raw)
-		}
-		if l.Scope != "" {
-			key = l.Scope + "/" + key
+		key, err := ruleKey("concurrency limit", task, l.Arg, l.Scope, fields)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, slotRequest{key: key, max: l.Max})
 	}
 	return out, nil
+}
+
+func argFields(task string, args json.RawMessage) (map[string]json.RawMessage, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(args, &fields); err != nil {
+		return nil, &ArgsError{Task: task, Err: err}
+	}
+	return fields, nil
+}
+
+// ruleKey is the key of a limit or admission rule: "[scope/]arg:value" per
+// argument value, "[scope/]task:name" for the task as a whole. An argument
+// missing from the arguments is an error that names it and lists those
+// present.
+func ruleKey(what, task, arg, scope string, fields map[string]json.RawMessage) (string, error) {
+	var key string
+	if arg == "" {
+		key = "task:" + task
+	} else {
+		raw, ok := fields[arg]
+		if !ok {
+			present := make([]string, 0, len(fields))
+			for k := range fields {
+				present = append(present, k)
+			}
+			slices.Sort(present)
+			return "", fmt.Errorf("%s argument %q not found in task arguments; available: [%s]", what, arg, strings.Join(present, ", "))
+		}
+		key = arg + ":" + limitValue(raw)
+	}
+	if scope != "" {
+		key = scope + "/" + key
+	}
+	return key, nil
+}
+
+// admission is the arguments of one admission check.
+func admission(task, key string, p *compiledPolicy, args json.RawMessage) (db.AdmitParams, error) {
+	a := db.AdmitParams{TaskKey: key}
+	fields, err := argFields(task, args)
+	if err != nil {
+		return a, err
+	}
+	add := func(kind, what, arg, scope string, window time.Duration, limit int, drop bool) error {
+		k, err := ruleKey(what, task, arg, scope, fields)
+		if err != nil {
+			return err
+		}
+		a.Kinds = append(a.Kinds, kind)
+		a.Keys = append(a.Keys, k)
+		a.Seconds = append(a.Seconds, window.Seconds())
+		a.Limits = append(a.Limits, int32(limit))
+		a.Drops = append(a.Drops, drop)
+		return nil
+	}
+	if d := p.Debounce; d != nil {
+		if err := add("debounce", "debounce", d.Arg, d.Scope, d.Settle, 0, false); err != nil {
+			return a, err
+		}
+	}
+	for _, c := range p.Cooldown {
+		if err := add("cooldown", "cooldown", c.Arg, c.Scope, c.Window, 0, false); err != nil {
+			return a, err
+		}
+	}
+	for _, r := range p.RateLimit {
+		if err := add("ratelimit", "rate limit", r.Arg, r.Scope, r.Per, r.Limit, r.Drop); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
 }
 
 // limitValue renders a JSON value for a key: strings bare, anything else

@@ -30,6 +30,49 @@ type Policy struct {
 	// Concurrency limits how many such tasks run at once across every
 	// worker; all limits must have a free slot before the task starts.
 	Concurrency []ConcurrencyLimit
+	// Cooldown drops runs that start within a window of the previous one.
+	Cooldown []Cooldown
+	// Debounce runs the task once, after submissions have settled.
+	Debounce *Debounce
+	// RateLimit caps runs per period; the excess waits or is dropped.
+	RateLimit []RateLimit
+}
+
+// Admission control (Cooldown, Debounce, RateLimit) is checked by Postgres
+// when a task is about to start, per argument value (Arg, a JSON key of the
+// arguments) or, with Arg empty, for the task as a whole. Keys are shared as
+// concurrency keys are: Scope separates otherwise equal ones. A dropped run
+// ends cancelled, its record's error naming the rule; a delayed run is
+// rescheduled under its key, costing no attempt. Neither counts as a
+// failure.
+
+// Cooldown drops a run that starts within Window of the start of the
+// previous run of the same key.
+type Cooldown struct {
+	Arg    string
+	Window time.Duration
+	Scope  string
+}
+
+// Debounce runs a task once after its submissions settle: the first run to
+// start becomes the winner and waits Settle; runs of other task keys that
+// start meanwhile are dropped and push the settling on; the winner runs once
+// Settle has passed since the last of them.
+type Debounce struct {
+	Arg    string
+	Settle time.Duration
+	Scope  string
+}
+
+// RateLimit lets at most Limit runs of a key start within any Per (a sliding
+// window, at most a day). An excess run is rescheduled for when the oldest
+// run leaves the window, or dropped when Drop is set. Failed runs count.
+type RateLimit struct {
+	Arg   string
+	Limit int
+	Per   time.Duration
+	Drop  bool
+	Scope string
 }
 
 // ConcurrencyLimit caps how many tasks run at once, per value of one
@@ -116,6 +159,22 @@ func (p Policy) compile() (*compiledPolicy, error) {
 			return nil, fmt.Errorf("concurrency limit on %q: maximum %d is below 1", l.Arg, l.Max)
 		}
 	}
+	for _, cd := range p.Cooldown {
+		if cd.Window <= 0 {
+			return nil, fmt.Errorf("cooldown on %q: window %v is not positive", cd.Arg, cd.Window)
+		}
+	}
+	if d := p.Debounce; d != nil && d.Settle <= 0 {
+		return nil, fmt.Errorf("debounce on %q: settle time %v is not positive", d.Arg, d.Settle)
+	}
+	for _, rl := range p.RateLimit {
+		if rl.Limit < 1 {
+			return nil, fmt.Errorf("rate limit on %q: limit %d is below 1", rl.Arg, rl.Limit)
+		}
+		if rl.Per <= 0 || rl.Per > 24*time.Hour {
+			return nil, fmt.Errorf("rate limit on %q: period %v is not between 0 and 24h", rl.Arg, rl.Per)
+		}
+	}
 	if p.Timeout < 0 {
 		return nil, fmt.Errorf("timeout %v is negative", p.Timeout)
 	}
@@ -183,6 +242,11 @@ func (p Policy) compile() (*compiledPolicy, error) {
 }
 
 func (c *compiledPolicy) perpetual() bool { return c.Perpetual != nil || c.Cron != nil }
+
+// admitted reports whether the policy has admission rules to check.
+func (c *compiledPolicy) admitted() bool {
+	return len(c.Cooldown) > 0 || c.Debounce != nil || len(c.RateLimit) > 0
+}
 
 // retryAllowed reports whether a run that was attempt number attempt may be
 // followed by another.

@@ -116,7 +116,7 @@ func Register[T queue.Args](r *Registry, h Handler[T], p Policy) error {
 	if err != nil {
 		return fail(err)
 	}
-	if err := checkLimits(p.Concurrency, layout); err != nil {
+	if err := checkArgs(p, layout); err != nil {
 		return fail(err)
 	}
 	if policy.automatic {

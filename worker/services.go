@@ -334,6 +334,9 @@ func (w *Worker) collectGarbage(ctx context.Context) {
 			break
 		}
 	}
+	if err := w.queries.DeleteExpiredAdmissions(ctx, w.pool); err != nil && ctx.Err() == nil {
+		w.logger.Warn("deleting expired admission records failed", "error", err)
+	}
 	stale := 10 * w.q.WorkerStaleAfter()
 	if _, err := w.queries.DeleteStaleWorkers(ctx, w.pool, stale.Seconds()); err != nil && ctx.Err() == nil {
 		w.logger.Warn("deleting stale workers failed", "error", err)

@@ -1,0 +1,143 @@
+package worker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shadows-go/shadows/queue"
+	"github.com/shadows-go/shadows/worker"
+)
+
+type Ping struct {
+	Host string `json:"host"`
+	N    int    `json:"n"`
+}
+
+func (Ping) TaskName() string { return "ping" }
+
+func TestCooldownDropsRunsWithinTheWindow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var l ledger
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
+		l.add(task.Key)
+		return nil
+	}, worker.Policy{Cooldown: []worker.Cooldown{{Arg: "host", Window: 400 * time.Millisecond}}})
+	ctx := t.Context()
+	for i, host := range []string{"a", "a", "b"} {
+		_, err := b.q.Add(ctx, Ping{Host: host}, &queue.AddOpts{Key: fmt.Sprint("early-", i)})
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+	// Of the two runs of host a that start together, one is dropped.
+	_, notes := l.snapshot()
+	require.Len(t, notes, 2)
+	require.Contains(t, notes, "early-2")
+	loser := "early-1"
+	if notes[0] == "early-1" || notes[1] == "early-1" {
+		loser = "early-0"
+	}
+	ex, err := b.wait(t, loser)
+	require.ErrorIs(t, err, queue.ErrCancelled)
+	require.Equal(t, "dropped by cooldown host:a", ex.Error)
+
+	_, err = b.q.Add(ctx, Ping{Host: "a"}, &queue.AddOpts{Key: "late", When: time.Now().Add(450 * time.Millisecond)})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	_, notes = l.snapshot()
+	require.Contains(t, notes, "late", "after the window a run goes ahead")
+}
+
+func TestDebounceRunsOnceAfterSubmissionsSettle(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var l ledger
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
+		l.add(task.Key)
+		return nil
+	}, worker.Policy{Debounce: &worker.Debounce{Arg: "host", Settle: 300 * time.Millisecond}})
+	b.start(t)
+	ctx := t.Context()
+	first := time.Now()
+	var last time.Time
+	for i := range 4 {
+		last = time.Now()
+		_, err := b.q.Add(ctx, Ping{Host: "a", N: i}, &queue.AddOpts{Key: fmt.Sprint("submit-", i)})
+		require.NoError(t, err)
+		time.Sleep(100 * time.Millisecond)
+	}
+	ex, err := b.wait(t, "submit-0")
+	require.NoError(t, err, "the first submission is the winner")
+	require.Equal(t, queue.StateCompleted, ex.State)
+	for i := 1; i < 4; i++ {
+		ex, err := b.wait(t, fmt.Sprint("submit-", i))
+		require.ErrorIs(t, err, queue.ErrCancelled)
+		require.Contains(t, ex.Error, "debounce host:a")
+	}
+	runs, notes := l.snapshot()
+	require.Equal(t, []string{"submit-0"}, notes)
+	require.GreaterOrEqual(t, runs[0].Sub(last), 300*time.Millisecond, "it ran once the submissions had settled")
+	require.Greater(t, runs[0].Sub(first), 500*time.Millisecond)
+}
+
+func TestRateLimitDelaysOrDropsTheExcess(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var dropping ledger
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
+		dropping.add(task.Key)
+		return nil
+	}, worker.Policy{RateLimit: []worker.RateLimit{
+		{Arg: "host", Limit: 2, Per: 400 * time.Millisecond},
+		{Arg: "host", Limit: 2, Per: time.Hour, Drop: true, Scope: "drops"},
+	}})
+	ctx := t.Context()
+	for i := range 5 {
+		_, err := b.q.Add(ctx, Ping{Host: "wait", N: i}, &queue.AddOpts{Key: fmt.Sprint("wait-", i)})
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+	runs, _ := dropping.snapshot()
+	require.Len(t, runs, 2, "the hourly rule drops all but two")
+
+	b2 := setup(t)
+	var delayed ledger
+	worker.MustRegister(b2.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
+		delayed.add(task.Key)
+		return nil
+	}, worker.Policy{RateLimit: []worker.RateLimit{{Arg: "host", Limit: 2, Per: 400 * time.Millisecond}}})
+	for i := range 5 {
+		_, err := b2.q.Add(ctx, Ping{Host: "h", N: i}, &queue.AddOpts{Key: fmt.Sprint("k-", i)})
+		require.NoError(t, err)
+	}
+	b2.runUntilFinished(t)
+	runs, _ = delayed.snapshot()
+	require.Len(t, runs, 5, "delayed runs all happen")
+	// At most two starts in any 400ms window.
+	for i := 2; i < len(runs); i++ {
+		require.GreaterOrEqual(t, runs[i].Sub(runs[i-2]), 390*time.Millisecond, "run %d", i)
+	}
+	for i := range 5 {
+		ex, err := b2.wait(t, fmt.Sprint("k-", i))
+		require.NoError(t, err)
+		require.Equal(t, 1, ex.Attempt, "a delay costs no attempt")
+	}
+}
+
+func TestInvalidAdmissionRules(t *testing.T) {
+	t.Parallel()
+	h := func(ctx context.Context, task *worker.Task[Ping]) error { return nil }
+	for name, p := range map[string]worker.Policy{
+		"negative window": {Cooldown: []worker.Cooldown{{Arg: "host", Window: -time.Second}}},
+		"zero settle":     {Debounce: &worker.Debounce{Arg: "host"}},
+		"zero limit":      {RateLimit: []worker.RateLimit{{Arg: "host", Per: time.Second}}},
+		"negative period": {RateLimit: []worker.RateLimit{{Arg: "host", Limit: 1, Per: -time.Second}}},
+		"unknown arg":     {Cooldown: []worker.Cooldown{{Arg: "hostname", Window: time.Second}}},
+	} {
+		require.ErrorIs(t, worker.Register(worker.NewRegistry(), h, p), worker.ErrInvalidRegistration, name)
+	}
+}
