@@ -132,13 +132,13 @@ WITH due AS (
     FROM judged
     WHERE judged.rule IS NULL AND t.queue = $1::text AND t.key = judged.key
     RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
-        t.deliveries, t.started_at
+        t.deliveries, t.started_at, t.trace_context
 )
-SELECT key, task, args, generation, attempt, run_at, deliveries, started_at,
+SELECT key, task, args, generation, attempt, run_at, deliveries, started_at, trace_context,
     NULL::text AS struck_by, false AS held
 FROM claimed
 UNION ALL
-SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz,
+SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
     rule, hold
 FROM set_aside
 `
@@ -152,16 +152,17 @@ type ClaimDueParams struct {
 }
 
 type ClaimDueRow struct {
-	Key        string
-	Task       string
-	Args       json.RawMessage
-	Generation int64
-	Attempt    int32
-	RunAt      time.Time
-	Deliveries int32
-	StartedAt  *time.Time
-	StruckBy   *string
-	Held       bool
+	Key          string
+	Task         string
+	Args         json.RawMessage
+	Generation   int64
+	Attempt      int32
+	RunAt        time.Time
+	Deliveries   int32
+	StartedAt    *time.Time
+	TraceContext json.RawMessage
+	StruckBy     *string
+	Held         bool
 }
 
 // Worker side: claiming, lease renewal and recording how tasks ended.
@@ -196,6 +197,7 @@ func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]
 			&i.RunAt,
 			&i.Deliveries,
 			&i.StartedAt,
+			&i.TraceContext,
 			&i.StruckBy,
 			&i.Held,
 		); err != nil {
@@ -230,7 +232,7 @@ SET worker = $1::text, started_at = now(), deliveries = t.deliveries + 1,
 FROM lapsed
 WHERE t.queue = $3::text AND t.key = lapsed.key AND NOT lapsed.cancel_requested
 RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
-    t.deliveries, t.started_at
+    t.deliveries, t.started_at, t.trace_context
 `
 
 type ClaimLapsedParams struct {
@@ -243,14 +245,15 @@ type ClaimLapsedParams struct {
 }
 
 type ClaimLapsedRow struct {
-	Key        string
-	Task       string
-	Args       json.RawMessage
-	Generation int64
-	Attempt    int32
-	RunAt      time.Time
-	Deliveries int32
-	StartedAt  *time.Time
+	Key          string
+	Task         string
+	Args         json.RawMessage
+	Generation   int64
+	Attempt      int32
+	RunAt        time.Time
+	Deliveries   int32
+	StartedAt    *time.Time
+	TraceContext json.RawMessage
 }
 
 // Redelivery: running tasks whose lease lapsed because their worker stopped
@@ -282,6 +285,7 @@ func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParam
 			&i.RunAt,
 			&i.Deliveries,
 			&i.StartedAt,
+			&i.TraceContext,
 		); err != nil {
 			return nil, err
 		}

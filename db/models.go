@@ -167,6 +167,7 @@ type ShadowsTask struct {
 	Held            bool
 	WaitingOn       *string
 	WaitingMax      *int32
+	TraceContext    json.RawMessage
 }
 
 type ShadowsWorker struct {

@@ -20,13 +20,13 @@ WITH struck AS (
     ORDER BY s.id
     LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
     SELECT $1::text, $4::text, $2::text, $3::jsonb,
-           coalesce($5::timestamptz, now())
+           coalesce($5::timestamptz, now()), $6::jsonb
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
@@ -42,11 +42,12 @@ FROM (SELECT 1) AS one LEFT JOIN ins ON true
 `
 
 type AddTaskParams struct {
-	Queue string
-	Task  string
-	Args  json.RawMessage
-	Key   string
-	RunAt *time.Time
+	Queue        string
+	Task         string
+	Args         json.RawMessage
+	Key          string
+	RunAt        *time.Time
+	TraceContext json.RawMessage
 }
 
 type AddTaskRow struct {
@@ -72,6 +73,7 @@ func (q *Queries) AddTask(ctx context.Context, db DBTX, arg AddTaskParams) (AddT
 		arg.Args,
 		arg.Key,
 		arg.RunAt,
+		arg.TraceContext,
 	)
 	var i AddTaskRow
 	err := row.Scan(
@@ -99,13 +101,14 @@ WITH input AS (
     ) AS struck_by
     FROM input
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-    SELECT $6::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    SELECT $6::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
+           $7::jsonb
     FROM judged
     WHERE struck_by IS NULL
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
@@ -118,12 +121,13 @@ FROM judged LEFT JOIN ins ON ins.key = judged.key
 `
 
 type AddTasksParams struct {
-	Keys      []string
-	Tasks     []string
-	Args      []string
-	RunAts    []time.Time
-	RunAtSets []bool
-	Queue     string
+	Keys         []string
+	Tasks        []string
+	Args         []string
+	RunAts       []time.Time
+	RunAtSets    []bool
+	Queue        string
+	TraceContext json.RawMessage
 }
 
 type AddTasksRow struct {
@@ -146,6 +150,7 @@ func (q *Queries) AddTasks(ctx context.Context, db DBTX, arg AddTasksParams) ([]
 		arg.RunAts,
 		arg.RunAtSets,
 		arg.Queue,
+		arg.TraceContext,
 	)
 	if err != nil {
 		return nil, err
@@ -521,13 +526,13 @@ WITH struck AS (
     ORDER BY s.id
     LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
     SELECT $1::text, $4::text, $2::text, $3::jsonb,
-           coalesce($5::timestamptz, now())
+           coalesce($5::timestamptz, now()), $6::jsonb
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
@@ -542,11 +547,12 @@ FROM (SELECT 1) AS one LEFT JOIN ins ON true
 `
 
 type ReplaceTaskParams struct {
-	Queue string
-	Task  string
-	Args  json.RawMessage
-	Key   string
-	RunAt *time.Time
+	Queue        string
+	Task         string
+	Args         json.RawMessage
+	Key          string
+	RunAt        *time.Time
+	TraceContext json.RawMessage
 }
 
 type ReplaceTaskRow struct {
@@ -567,6 +573,7 @@ func (q *Queries) ReplaceTask(ctx context.Context, db DBTX, arg ReplaceTaskParam
 		arg.Args,
 		arg.Key,
 		arg.RunAt,
+		arg.TraceContext,
 	)
 	var i ReplaceTaskRow
 	err := row.Scan(

@@ -43,13 +43,13 @@ WITH due AS (
     FROM judged
     WHERE judged.rule IS NULL AND t.queue = @queue::text AND t.key = judged.key
     RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
-        t.deliveries, t.started_at
+        t.deliveries, t.started_at, t.trace_context
 )
-SELECT key, task, args, generation, attempt, run_at, deliveries, started_at,
+SELECT key, task, args, generation, attempt, run_at, deliveries, started_at, trace_context,
     NULL::text AS struck_by, false AS held
 FROM claimed
 UNION ALL
-SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz,
+SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
     rule, hold
 FROM set_aside;
 
@@ -78,7 +78,7 @@ SET worker = @worker::text, started_at = now(), deliveries = t.deliveries + 1,
 FROM lapsed
 WHERE t.queue = @queue::text AND t.key = lapsed.key AND NOT lapsed.cancel_requested
 RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
-    t.deliveries, t.started_at;
+    t.deliveries, t.started_at, t.trace_context;
 
 -- name: NextDue :one
 -- When the earliest scheduled task becomes due, so an idle worker can sleep

@@ -15,13 +15,13 @@ WITH struck AS (
     ORDER BY s.id
     LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
     SELECT @queue::text, @key::text, @task::text, @args::jsonb,
-           coalesce(sqlc.narg('run_at')::timestamptz, now())
+           coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
@@ -46,13 +46,13 @@ WITH struck AS (
     ORDER BY s.id
     LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
     SELECT @queue::text, @key::text, @task::text, @args::jsonb,
-           coalesce(sqlc.narg('run_at')::timestamptz, now())
+           coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
@@ -84,13 +84,14 @@ WITH input AS (
     ) AS struck_by
     FROM input
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at)
-    SELECT @queue::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    SELECT @queue::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
+           sqlc.narg('trace_context')::jsonb
     FROM judged
     WHERE struck_by IS NULL
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,

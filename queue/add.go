@@ -10,7 +10,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
 // AddOpts are the optional parts of an add.
@@ -98,10 +101,23 @@ func (q *Queue) replace(ctx context.Context, conn dbtx, args Args, opts AddOpts)
 	return q.add(ctx, conn, args, &opts, true)
 }
 
-func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, replace bool) (*Execution, error) {
+func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, replace bool) (ex *Execution, err error) {
 	if opts == nil {
 		opts = &AddOpts{}
 	}
+	spanName := "shadows.add"
+	if replace {
+		spanName = "shadows.replace"
+	}
+	ctx, span := q.tel.StartSpan(ctx, spanName)
+	defer func() {
+		if ex != nil {
+			span.SetAttributes(telemetry.TaskKey.String(ex.Task), attribute.String("shadows.key", ex.Key),
+				attribute.String("shadows.disposition", ex.Disposition.String()))
+			q.count(ctx, ex, replace)
+		}
+		telemetry.EndSpan(span, err)
+	}()
 	name, raw, err := encodeArgs(args)
 	if err != nil {
 		return nil, err
@@ -120,7 +136,8 @@ func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, re
 		Disposition: DispositionScheduled,
 		Attempt:     1,
 	}
-	p := db.AddTaskParams{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, RunAt: whenParam(opts.When)}
+	p := db.AddTaskParams{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, RunAt: whenParam(opts.When),
+		TraceContext: telemetry.Inject(ctx)}
 	var row db.AddTaskRow
 	if replace {
 		var r db.ReplaceTaskRow
@@ -141,6 +158,23 @@ func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, re
 	}
 	e.fillAdded(*row.Generation, *row.RunAt, *row.CreatedAt, row.Notified)
 	return e, nil
+}
+
+// count records an add's disposition in the metrics.
+func (q *Queue) count(ctx context.Context, e *Execution, replace bool) {
+	attrs := q.tel.Attrs(telemetry.TaskKey.String(e.Task))
+	switch e.Disposition {
+	case DispositionStruck:
+		q.tel.Struck.Add(ctx, 1, attrs)
+		return
+	case DispositionScheduled:
+		q.tel.Scheduled.Add(ctx, 1, attrs)
+	}
+	q.tel.Added.Add(ctx, 1, attrs)
+	if replace {
+		q.tel.Replaced.Add(ctx, 1, attrs)
+		q.tel.Cancelled.Add(ctx, 1, attrs) // the copy it replaced, as docket counts
+	}
 }
 
 // struck marks e as kept out by the strike rule and logs it.
@@ -199,8 +233,15 @@ func (q *Queue) AddManyTx(ctx context.Context, tx pgx.Tx, entries []Entry) ([]*E
 	return q.addMany(ctx, tx, entries)
 }
 
-func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) ([]*Execution, error) {
-	out := make([]*Execution, len(entries))
+func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []*Execution, err error) {
+	ctx, span := q.tel.StartSpan(ctx, "shadows.add_many", attribute.Int("shadows.tasks", len(entries)))
+	defer func() {
+		for _, e := range out {
+			q.count(ctx, e, false)
+		}
+		telemetry.EndSpan(span, err)
+	}()
+	out = make([]*Execution, len(entries))
 	index := make(map[string]int, len(entries)) // key → entry that stores it
 	for i, en := range entries {
 		name, raw, err := encodeArgs(en.Args)
@@ -231,12 +272,13 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) ([]*Exe
 	for start := 0; start < len(stored); start += addManyChunk {
 		chunk := stored[start:min(start+addManyChunk, len(stored))]
 		p := db.AddTasksParams{
-			Queue:     q.cfg.Name,
-			Keys:      make([]string, len(chunk)),
-			Tasks:     make([]string, len(chunk)),
-			Args:      make([]string, len(chunk)),
-			RunAts:    make([]time.Time, len(chunk)),
-			RunAtSets: make([]bool, len(chunk)),
+			Queue:        q.cfg.Name,
+			Keys:         make([]string, len(chunk)),
+			Tasks:        make([]string, len(chunk)),
+			Args:         make([]string, len(chunk)),
+			RunAts:       make([]time.Time, len(chunk)),
+			RunAtSets:    make([]bool, len(chunk)),
+			TraceContext: telemetry.Inject(ctx),
 		}
 		for i, e := range chunk {
 			p.Keys[i], p.Tasks[i], p.Args[i] = e.Key, e.Task, string(e.Args)
@@ -285,10 +327,13 @@ func (q *Queue) CancelTx(ctx context.Context, tx pgx.Tx, key string) error {
 	return q.cancel(ctx, tx, key)
 }
 
-func (q *Queue) cancel(ctx context.Context, conn dbtx, key string) error {
+func (q *Queue) cancel(ctx context.Context, conn dbtx, key string) (err error) {
+	ctx, span := q.tel.StartSpan(ctx, "shadows.cancel", attribute.String("shadows.key", key))
+	defer func() { telemetry.EndSpan(span, err) }()
 	if err := validateKey(key); err != nil {
 		return err
 	}
+	q.tel.Cancelled.Add(ctx, 1, q.tel.Attrs())
 	row, err := q.queries.CancelTask(ctx, conn, db.CancelTaskParams{Queue: q.cfg.Name, Key: key, TtlSeconds: q.ttlSeconds()})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil

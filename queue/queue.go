@@ -11,7 +11,11 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
 // Defaults applied by [New] to a zero [Config].
@@ -85,6 +89,12 @@ type Config struct {
 
 	// Logger receives warnings. Defaults to slog.Default().
 	Logger *slog.Logger
+
+	// TracerProvider and MeterProvider receive shadows' spans and metrics
+	// (see the README's Observability section). They default to the
+	// OpenTelemetry globals.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
 }
 
 // withDefaults validates c and fills in its defaults.
@@ -155,6 +165,7 @@ type Queue struct {
 	pool    *pgxpool.Pool
 	cfg     Config
 	queries *db.Queries
+	tel     *telemetry.Telemetry
 }
 
 // New returns a Queue on pool. It does not touch the database; the schema
@@ -167,7 +178,8 @@ func New(pool *pgxpool.Pool, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Queue{pool: pool, cfg: cfg, queries: db.New()}, nil
+	tel := telemetry.New(cfg.Name, cfg.TracerProvider, cfg.MeterProvider)
+	return &Queue{pool: pool, cfg: cfg, queries: db.New(), tel: tel}, nil
 }
 
 // Name returns the queue's name.

@@ -7,7 +7,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"go.opentelemetry.io/otel/attribute"
+
 	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/internal/telemetry"
 	"github.com/shadows-go/shadows/strike"
 )
 
@@ -27,7 +30,9 @@ func (q *Queue) StrikeTx(ctx context.Context, tx pgx.Tx, rule strike.Rule) (bool
 	return q.strike(ctx, tx, rule)
 }
 
-func (q *Queue) strike(ctx context.Context, conn dbtx, rule strike.Rule) (bool, error) {
+func (q *Queue) strike(ctx context.Context, conn dbtx, rule strike.Rule) (_ bool, err error) {
+	ctx, span := q.tel.StartSpan(ctx, "shadows.strike", attribute.String("shadows.rule", rule.String()))
+	defer func() { telemetry.EndSpan(span, err) }()
 	c, err := rule.Compile()
 	if err != nil {
 		return false, err
@@ -58,7 +63,9 @@ func (q *Queue) RestoreTx(ctx context.Context, tx pgx.Tx, rule strike.Rule) (boo
 	return q.restore(ctx, tx, rule)
 }
 
-func (q *Queue) restore(ctx context.Context, conn dbtx, rule strike.Rule) (bool, error) {
+func (q *Queue) restore(ctx context.Context, conn dbtx, rule strike.Rule) (_ bool, err error) {
+	ctx, span := q.tel.StartSpan(ctx, "shadows.restore", attribute.String("shadows.rule", rule.String()))
+	defer func() { telemetry.EndSpan(span, err) }()
 	c, err := rule.Compile()
 	if err != nil {
 		return false, err

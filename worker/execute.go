@@ -11,6 +11,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
 type inflightKey struct {
@@ -151,8 +158,20 @@ func (w *Worker) execute(f *inflight) {
 		return
 	}
 
+	attrs := w.attrs(x.Name)
+	runCtx, span := w.tel.StartRun(f.ctx, x.Name, x.traceContext,
+		attribute.String("shadows.key", x.Key), attribute.Int("shadows.attempt", x.Attempt))
+	defer span.End()
+	w.tel.Started.Add(runCtx, 1, attrs)
+	if x.Redelivered {
+		w.tel.Redelivered.Add(runCtx, 1, attrs)
+	}
+	w.tel.Lateness.Record(runCtx, x.started.Sub(x.When).Seconds(), attrs)
+	w.tel.Running.Add(runCtx, 1, attrs)
+	defer w.tel.Running.Add(runCtx, -1, attrs)
+
 	x.timeout = &Timeout{base: policy.Timeout}
-	ctx, stop := x.timeout.start(f.ctx, &errTimeout{key: x.Key, limit: policy.Timeout})
+	ctx, stop := x.timeout.start(runCtx, &errTimeout{key: x.Key, limit: policy.Timeout})
 	defer stop()
 	if policy.perpetual() {
 		x.perpetual = &perpetualState{}
@@ -183,6 +202,7 @@ func (w *Worker) execute(f *inflight) {
 		}
 	}
 	w.decide(&out, f, reg, err, result)
+	w.measure(runCtx, span, x, &out, err, took, attrs)
 	switch out.state {
 	case stateFailed:
 		x.Logger.Error("↩ "+call+" failed", "duration", took, "error", out.err)
@@ -200,6 +220,39 @@ func (w *Worker) execute(f *inflight) {
 		}
 	}
 	w.done.push(out)
+}
+
+// measure records a run's outcome in the metrics and its span.
+func (w *Worker) measure(ctx context.Context, span trace.Span, x *execution, out *outcome, err error, took time.Duration, attrs metric.MeasurementOption) {
+	w.tel.Duration.Record(ctx, took.Seconds(), attrs)
+	w.tel.Completed.Add(ctx, 1, attrs)
+	switch {
+	case err == nil:
+		w.tel.Succeeded.Add(ctx, 1, attrs)
+	case out.state == stateCancelled:
+		// A cancel is not a failure.
+	default:
+		w.tel.Failed.Add(ctx, 1, attrs)
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	if out.state == stateRescheduled {
+		if out.nextAttempt > x.Attempt {
+			w.tel.Retried.Add(ctx, 1, attrs)
+		} else {
+			w.tel.Perpetuated.Add(ctx, 1, attrs)
+		}
+	}
+}
+
+// attrs returns the metric labels of a task's runs on this worker.
+func (w *Worker) attrs(task string) metric.MeasurementOption {
+	if a, ok := w.labels.Load(task); ok {
+		return a.(metric.MeasurementOption)
+	}
+	a := w.tel.Attrs(telemetry.TaskKey.String(task), telemetry.WorkerKey.String(w.cfg.Name))
+	w.labels.Store(task, a)
+	return a
 }
 
 // admitOrDefer checks the policy's admission rules. When they drop or delay

@@ -15,6 +15,8 @@ import (
 // its own goroutine, until ctx is cancelled or, with untilFinished, the
 // queue has nothing left to run. It never waits on a running task.
 func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) {
+	w.claiming.Store(true)
+	defer w.claiming.Store(false)
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	var (
@@ -43,6 +45,7 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 				failures++
 				continue
 			}
+			w.touched()
 			if failures > 0 {
 				w.logger.Info("claiming tasks again")
 				failures = 0
@@ -146,7 +149,7 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			return 0, err
 		}
 		for _, r := range rows {
-			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt))
+			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt, r.TraceContext))
 		}
 	}
 	if left := free - len(claimed); left > 0 {
@@ -160,10 +163,10 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 		}
 		for _, r := range rows {
 			if r.StruckBy != nil {
-				w.logStruck(r)
+				w.logStruck(ctx, r)
 				continue
 			}
-			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt))
+			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt, r.TraceContext))
 		}
 	}
 	n := len(claimed)
@@ -222,7 +225,10 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 }
 
 // logStruck reports a due task that a strike cancelled or set aside.
-func (w *Worker) logStruck(r db.ClaimDueRow) {
+func (w *Worker) logStruck(ctx context.Context, r db.ClaimDueRow) {
+	if !r.Held {
+		w.tel.Struck.Add(ctx, 1, w.attrs(r.Task))
+	}
 	if r.Held {
 		w.logger.Info("task held by a strike", "task", r.Task, "key", r.Key, "strike", *r.StruckBy)
 		return
@@ -231,7 +237,7 @@ func (w *Worker) logStruck(r db.ClaimDueRow) {
 }
 
 func (w *Worker) newExecution(key, task string, args json.RawMessage, generation int64, attempt int32,
-	runAt time.Time, deliveries int32, startedAt *time.Time) *execution {
+	runAt time.Time, deliveries int32, startedAt *time.Time, traceContext json.RawMessage) *execution {
 	x := &execution{
 		Info: Info{
 			Key:         key,
@@ -242,10 +248,11 @@ func (w *Worker) newExecution(key, task string, args json.RawMessage, generation
 			Worker:      w.cfg.Name,
 			Queue:       w.q,
 		},
-		args:       args,
-		generation: generation,
-		deliveries: deliveries,
-		w:          w,
+		args:         args,
+		generation:   generation,
+		deliveries:   deliveries,
+		w:            w,
+		traceContext: traceContext,
 	}
 	if startedAt != nil {
 		x.started = *startedAt

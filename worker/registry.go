@@ -70,13 +70,14 @@ type registration struct {
 // execution is a claimed task as the worker runs it.
 type execution struct {
 	Info
-	args       json.RawMessage
-	generation int64
-	deliveries int32     // this claim's delivery number, guarding its writes
-	started    time.Time // by the database's clock
-	w          *Worker
-	timeout    *Timeout
-	perpetual  *perpetualState
+	args         json.RawMessage
+	generation   int64
+	deliveries   int32           // this claim's delivery number, guarding its writes
+	traceContext json.RawMessage // of the code that added the task
+	started      time.Time       // by the database's clock
+	w            *Worker
+	timeout      *Timeout
+	perpetual    *perpetualState
 	// slots are the concurrency slots the run holds; preErr fails the run
 	// before its handler is called.
 	slots  []slotRequest

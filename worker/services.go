@@ -12,6 +12,7 @@ import (
 
 	"github.com/shadows-go/shadows/db"
 	"github.com/shadows-go/shadows/internal/notify"
+	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
 // finishBatch caps the outcomes recorded per statement.
@@ -176,7 +177,12 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 	defer f.flushMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout/4)
 	defer cancel()
-	_, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
+	row, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
+	if err == nil && row.N < int64(n) {
+		// Outcomes of runs whose task was replaced (or whose lease was
+		// taken over) meanwhile: not recorded.
+		f.w.tel.Superseded.Add(ctx, int64(n)-row.N, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
+	}
 	return err
 }
 
@@ -306,6 +312,9 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		err := w.queries.Heartbeat(ctx, w.pool, db.HeartbeatParams{Queue: w.q.Name(), Name: w.cfg.Name, Tasks: names})
 		if err != nil && ctx.Err() == nil {
 			w.logger.Warn("heartbeat failed", "error", err)
+		}
+		if err == nil {
+			w.touched()
 		}
 		if err == nil && time.Since(lastGC) >= gcEvery {
 			lastGC = time.Now()

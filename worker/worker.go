@@ -15,6 +15,7 @@ import (
 
 	"github.com/shadows-go/shadows/db"
 	"github.com/shadows-go/shadows/internal/argtag"
+	"github.com/shadows-go/shadows/internal/telemetry"
 	"github.com/shadows-go/shadows/queue"
 )
 
@@ -144,6 +145,10 @@ type Worker struct {
 	queries  *db.Queries
 	logger   *slog.Logger
 	fallback *registration
+	claiming atomic.Bool  // the claim loop is running
+	contact  atomic.Int64 // unix nanoseconds of the last successful database round trip
+	tel      *telemetry.Telemetry
+	labels   sync.Map // task name → metric labels
 
 	started atomic.Bool
 
@@ -185,11 +190,23 @@ func New(pool *pgxpool.Pool, reg *Registry, cfg Config) (*Worker, error) {
 		logger:  cfg.Logger.With("queue", q.Name(), "worker", cfg.Name),
 	}
 	w.fallback = fallbackRegistration(cfg.Fallback)
+	w.tel = telemetry.New(q.Name(), cfg.Queue.TracerProvider, cfg.Queue.MeterProvider)
 	return w, nil
 }
 
 // Name returns the worker's name.
 func (w *Worker) Name() string { return w.cfg.Name }
+
+// Healthy reports whether the worker's claim loop is running and it reached
+// the database within the last two heartbeat intervals: what a health check
+// endpoint should answer.
+func (w *Worker) Healthy() bool {
+	last := time.Unix(0, w.contact.Load())
+	return w.claiming.Load() && time.Since(last) <= 2*w.q.Config().HeartbeatInterval
+}
+
+// touched notes a successful round trip to the database.
+func (w *Worker) touched() { w.contact.Store(time.Now().UnixNano()) }
 
 // Queue returns the queue the worker serves.
 func (w *Worker) Queue() *queue.Queue { return w.q }
@@ -233,6 +250,17 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	w.renewNow = make(chan struct{}, 1)
 	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
 	w.done = newFinisher(w)
+
+	unregister := w.tel.Depths(w.cfg.Name, func(ctx context.Context) (int64, int64, bool) {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		c, err := w.queries.CountTasks(ctx, w.pool, w.q.Name())
+		if err != nil {
+			return 0, 0, false
+		}
+		return c.Due, c.Pending - c.Due, true
+	})
+	defer unregister()
 
 	// Services outlive ctx: they keep renewing leases and recording outcomes
 	// while running tasks drain, and stop after.

@@ -1,0 +1,157 @@
+// Package telemetry holds shadows' OpenTelemetry instruments: the counters,
+// histograms and gauges of docket's metrics, and the spans of adds, cancels,
+// strikes and task runs. Providers default to the global ones, so an
+// application that configures OpenTelemetry gets shadows' signals with no
+// further wiring; polling and other internal queries make no spans.
+package telemetry
+
+import (
+	"context"
+	"encoding/json"
+	"sync"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// Scope is the instrumentation scope name.
+const Scope = "github.com/shadows-go/shadows"
+
+// Attribute keys. The key of a task is never a label: it would explode the
+// metrics' cardinality.
+const (
+	QueueKey  = attribute.Key("shadows.queue")
+	TaskKey   = attribute.Key("shadows.task")
+	WorkerKey = attribute.Key("shadows.worker")
+)
+
+// Telemetry is one queue's instruments. It is safe for concurrent use.
+type Telemetry struct {
+	tracer trace.Tracer
+	meter  metric.Meter
+	queue  attribute.KeyValue
+
+	Added, Replaced, Scheduled, Cancelled, Struck metric.Int64Counter
+	Started, Redelivered, Superseded, Completed   metric.Int64Counter
+	Failed, Succeeded, Retried, Perpetuated       metric.Int64Counter
+	Running                                       metric.Int64UpDownCounter
+	Duration, Lateness                            metric.Float64Histogram
+}
+
+// New makes the instruments for queue from the given providers, or the
+// global ones when nil.
+func New(queue string, tp trace.TracerProvider, mp metric.MeterProvider) *Telemetry {
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	t := &Telemetry{tracer: tp.Tracer(Scope), meter: mp.Meter(Scope), queue: QueueKey.String(queue)}
+	counter := func(name, desc string) metric.Int64Counter {
+		c, _ := t.meter.Int64Counter("shadows.tasks."+name, metric.WithDescription(desc), metric.WithUnit("{task}"))
+		return c // on error OpenTelemetry returns a working no-op
+	}
+	t.Added = counter("added", "Tasks added or replaced, whatever their disposition, except struck ones.")
+	t.Replaced = counter("replaced", "Tasks replaced.")
+	t.Scheduled = counter("scheduled", "Tasks stored to run (disposition scheduled).")
+	t.Cancelled = counter("cancelled", "Cancel calls.")
+	t.Struck = counter("struck", "Tasks a strike kept out (at add) or cancelled (at claim).")
+	t.Started = counter("started", "Runs started.")
+	t.Redelivered = counter("redelivered", "Runs started again after their worker's lease lapsed.")
+	t.Superseded = counter("superseded", "Runs whose outcome was not recorded because their task was replaced meanwhile.")
+	t.Completed = counter("completed", "Runs ended, however they ended.")
+	t.Failed = counter("failed", "Runs that failed (a retry may follow).")
+	t.Succeeded = counter("succeeded", "Runs that succeeded.")
+	t.Retried = counter("retried", "Failed runs rescheduled for another attempt.")
+	t.Perpetuated = counter("perpetuated", "Runs of perpetual tasks that scheduled their next run.")
+	t.Running, _ = t.meter.Int64UpDownCounter("shadows.tasks.running", metric.WithDescription("Runs in progress."), metric.WithUnit("{task}"))
+	t.Duration, _ = t.meter.Float64Histogram("shadows.task.duration", metric.WithDescription("How long runs took."), metric.WithUnit("s"))
+	t.Lateness, _ = t.meter.Float64Histogram("shadows.task.lateness", metric.WithDescription("How long after their due time runs started."), metric.WithUnit("s"))
+	return t
+}
+
+// Attrs returns the queue label with the given others, as a measurement
+// option.
+func (t *Telemetry) Attrs(kv ...attribute.KeyValue) metric.MeasurementOption {
+	return metric.WithAttributeSet(t.set(kv...))
+}
+
+func (t *Telemetry) set(kv ...attribute.KeyValue) attribute.Set {
+	return attribute.NewSet(append([]attribute.KeyValue{t.queue}, kv...)...)
+}
+
+// Depths registers the queue-depth and schedule-depth gauges, read with
+// read only when metrics are collected. unregister removes them.
+func (t *Telemetry) Depths(worker string, read func(context.Context) (queued, scheduled int64, ok bool)) (unregister func()) {
+	queued, _ := t.meter.Int64ObservableGauge("shadows.queue.depth", metric.WithDescription("Tasks due and waiting for a worker."), metric.WithUnit("{task}"))
+	scheduled, _ := t.meter.Int64ObservableGauge("shadows.schedule.depth", metric.WithDescription("Tasks scheduled for the future."), metric.WithUnit("{task}"))
+	attrs := metric.WithAttributeSet(t.set(WorkerKey.String(worker)))
+	reg, err := t.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		if q, s, ok := read(ctx); ok {
+			o.ObserveInt64(queued, q, attrs)
+			o.ObserveInt64(scheduled, s, attrs)
+		}
+		return nil
+	}, queued, scheduled)
+	if err != nil {
+		return func() {}
+	}
+	var once sync.Once
+	return func() { once.Do(func() { _ = reg.Unregister() }) }
+}
+
+// StartSpan starts a producer-side span (add, replace, cancel, strike,
+// restore) as a child of ctx's span.
+func (t *Telemetry) StartSpan(ctx context.Context, name string, kv ...attribute.KeyValue) (context.Context, trace.Span) {
+	return t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(append([]attribute.KeyValue{t.queue}, kv...)...))
+}
+
+// EndSpan records err, if any, on span and ends it.
+func EndSpan(span trace.Span, err error) {
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+var propagator = propagation.TraceContext{}
+
+// Inject returns ctx's trace context as JSON to store with a task, or nil
+// when ctx carries no valid span.
+func Inject(ctx context.Context) json.RawMessage {
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		return nil
+	}
+	carrier := propagation.MapCarrier{}
+	propagator.Inject(ctx, carrier)
+	raw, err := json.Marshal(carrier)
+	if err != nil {
+		return nil
+	}
+	return raw
+}
+
+// StartRun starts the consumer span of a task run, linked to the span that
+// added the task when its trace context was stored.
+func (t *Telemetry) StartRun(ctx context.Context, task string, stored json.RawMessage, kv ...attribute.KeyValue) (context.Context, trace.Span) {
+	opts := []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(append([]attribute.KeyValue{t.queue, TaskKey.String(task)}, kv...)...),
+	}
+	if len(stored) > 0 {
+		carrier := propagation.MapCarrier{}
+		if json.Unmarshal(stored, &carrier) == nil {
+			if sc := trace.SpanContextFromContext(propagator.Extract(context.Background(), carrier)); sc.IsValid() {
+				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+			}
+		}
+	}
+	return t.tracer.Start(ctx, task, opts...)
+}
