@@ -585,3 +585,57 @@ func (q *Queries) ReplaceTask(ctx context.Context, db DBTX, arg ReplaceTaskParam
 	)
 	return i, err
 }
+
+const taskStats = `-- name: TaskStats :many
+SELECT task,
+       count(*)::bigint AS total,
+       count(*) FILTER (WHERE state = 'running')::bigint AS running,
+       count(*) FILTER (WHERE state = 'scheduled' AND run_at <= now())::bigint AS queued,
+       count(*) FILTER (WHERE state = 'scheduled' AND run_at > now())::bigint AS scheduled,
+       min(run_at)::timestamptz AS oldest,
+       max(run_at)::timestamptz AS newest
+FROM shadows.tasks
+WHERE queue = $1::text AND state IN ('scheduled', 'running')
+GROUP BY task
+ORDER BY count(*) DESC, task
+`
+
+type TaskStatsRow struct {
+	Task      string
+	Total     int64
+	Running   int64
+	Queued    int64
+	Scheduled int64
+	Oldest    time.Time
+	Newest    time.Time
+}
+
+// Live tasks per task name: how many, running, due, future, and the
+// earliest and latest due times.
+func (q *Queries) TaskStats(ctx context.Context, db DBTX, queue string) ([]TaskStatsRow, error) {
+	rows, err := db.Query(ctx, taskStats, queue)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []TaskStatsRow
+	for rows.Next() {
+		var i TaskStatsRow
+		if err := rows.Scan(
+			&i.Task,
+			&i.Total,
+			&i.Running,
+			&i.Queued,
+			&i.Scheduled,
+			&i.Oldest,
+			&i.Newest,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

@@ -21,7 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc64"
+	"io/fs"
+	"strconv"
+	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -40,6 +44,52 @@ const VersionTable = "shadows_goose_db_version"
 // differs from goose's default so that shadows' migrations never wait on an
 // application's own.
 var lockID = int64(crc64.Checksum([]byte("shadows-migrations"), crc64.MakeTable(crc64.ECMA)) >> 1)
+
+// ErrNotMigrated is returned by Check when migrations are missing.
+var ErrNotMigrated = errors.New("shadows schema is not migrated")
+
+// Check returns an error wrapping ErrNotMigrated unless every migration in
+// FS has been applied. Unlike Version and Statuses it takes no lock and
+// writes nothing, so it is safe against any database.
+func Check(ctx context.Context, pool *pgxpool.Pool) error {
+	need, err := fs.Glob(FS, "*.sql")
+	if err != nil {
+		return err
+	}
+	var exists bool
+	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", VersionTable).Scan(&exists); err != nil {
+		return fmt.Errorf("check schema: %w", err)
+	}
+	applied := map[int64]bool{}
+	if exists {
+		rows, err := pool.Query(ctx, "SELECT version_id FROM "+pgx.Identifier{VersionTable}.Sanitize()+" WHERE is_applied")
+		if err != nil {
+			return fmt.Errorf("check schema: %w", err)
+		}
+		versions, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			return fmt.Errorf("check schema: %w", err)
+		}
+		for _, v := range versions {
+			applied[v] = true
+		}
+	}
+	missing := 0
+	for _, name := range need {
+		digits, _, _ := strings.Cut(name, "_")
+		v, err := strconv.ParseInt(digits, 10, 64)
+		if err != nil {
+			return fmt.Errorf("migration file %s has no version", name)
+		}
+		if !applied[v] {
+			missing++
+		}
+	}
+	if missing > 0 {
+		return fmt.Errorf("%w: %d of %d migrations are not applied", ErrNotMigrated, missing, len(need))
+	}
+	return nil
+}
 
 // Status is one migration and whether it has been applied.
 type Status struct {

@@ -204,3 +204,18 @@ WHERE ctid = ANY (ARRAY(
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 ));
+
+-- name: TaskStats :many
+-- Live tasks per task name: how many, running, due, future, and the
+-- earliest and latest due times.
+SELECT task,
+       count(*)::bigint AS total,
+       count(*) FILTER (WHERE state = 'running')::bigint AS running,
+       count(*) FILTER (WHERE state = 'scheduled' AND run_at <= now())::bigint AS queued,
+       count(*) FILTER (WHERE state = 'scheduled' AND run_at > now())::bigint AS scheduled,
+       min(run_at)::timestamptz AS oldest,
+       max(run_at)::timestamptz AS newest
+FROM shadows.tasks
+WHERE queue = @queue::text AND state IN ('scheduled', 'running')
+GROUP BY task
+ORDER BY count(*) DESC, task;

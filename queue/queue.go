@@ -97,6 +97,18 @@ type Config struct {
 	MeterProvider  metric.MeterProvider
 }
 
+// Validate reports whether New would accept c, without needing a pool.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
+// ValidName reports whether s may name a queue, task or worker: at most 200
+// bytes of valid UTF-8 without control characters.
+func ValidName(s string) error {
+	return validateName(s)
+}
+
 // withDefaults validates c and fills in its defaults.
 func (c Config) withDefaults() (Config, error) {
 	if c.Name == "" {

@@ -151,3 +151,32 @@ func (q *Queue) TaskWorkers(ctx context.Context, task string) ([]WorkerInfo, err
 func (q *Queue) WorkerStaleAfter() time.Duration {
 	return q.cfg.HeartbeatInterval * time.Duration(q.cfg.MissedHeartbeats)
 }
+
+// TaskStats counts a task name's live tasks.
+type TaskStats struct {
+	Task      string
+	Total     int
+	Running   int
+	Queued    int
+	Scheduled int
+	// Oldest and Newest are the earliest and latest due times.
+	Oldest time.Time
+	Newest time.Time
+}
+
+// TaskStats counts the queue's live tasks per task name, most numerous
+// first.
+func (q *Queue) TaskStats(ctx context.Context) ([]TaskStats, error) {
+	rows, err := q.queries.TaskStats(ctx, q.pool, q.cfg.Name)
+	if err != nil {
+		return nil, fmt.Errorf("task stats: %w", err)
+	}
+	out := make([]TaskStats, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, TaskStats{
+			Task: r.Task, Total: int(r.Total), Running: int(r.Running), Queued: int(r.Queued),
+			Scheduled: int(r.Scheduled), Oldest: r.Oldest, Newest: r.Newest,
+		})
+	}
+	return out, nil
+}

@@ -94,8 +94,8 @@ func (c Config) withDefaults() (Config, error) {
 		}
 		c.Name = fmt.Sprintf("%s#%d", host, os.Getpid())
 	}
-	if len(c.Name) > queue.MaxNameLength {
-		return c, fmt.Errorf("%w: name is longer than %d bytes", ErrInvalidConfig, queue.MaxNameLength)
+	if err := queue.ValidName(c.Name); err != nil {
+		return c, fmt.Errorf("%w: name %q: %w", ErrInvalidConfig, c.Name, err)
 	}
 	var err error
 	positive := func(d *time.Duration, def time.Duration, what string) {
