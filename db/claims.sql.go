@@ -98,17 +98,18 @@ func (q *Queries) Admit(ctx context.Context, db DBTX, arg AdmitParams) (AdmitRow
 const claimDue = `-- name: ClaimDue :many
 
 WITH due AS (
-    SELECT key, task, args FROM shadows.tasks
-    WHERE queue = $1::text AND state = 'scheduled' AND NOT held AND waiting_on IS NULL
-      AND run_at <= now()
-    ORDER BY run_at, seq
+    SELECT d.ctid::tid AS tid, d.task, d.args FROM shadows.tasks d
+    WHERE d.queue = $1::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
+      AND d.run_at <= now()
+    ORDER BY d.run_at, d.seq
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), judged AS (
-    SELECT due.key, st.rule, st.hold
+    SELECT due.tid, st.rule, st.hold
     FROM due LEFT JOIN LATERAL (
         SELECT s.rule, s.hold FROM shadows.strikes s
-        WHERE s.queue = $1::text AND (s.task IS NULL OR s.task = due.task)
+        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = $1::text))
+          AND s.queue = $1::text AND (s.task IS NULL OR s.task = due.task)
           AND shadows.strike_matches(s.conditions, due.args)
         ORDER BY s.hold, s.id
         LIMIT 1
@@ -122,15 +123,14 @@ WITH due AS (
                           ELSE now() + make_interval(secs => $3::float8) END,
         error = CASE WHEN judged.hold THEN NULL ELSE 'struck: ' || judged.rule END
     FROM judged
-    WHERE judged.rule IS NOT NULL AND t.queue = $1::text AND t.key = judged.key
+    WHERE judged.rule IS NOT NULL AND t.ctid = judged.tid
     RETURNING t.key, t.task, t.generation, t.attempt, t.run_at, judged.rule, judged.hold
 ), claimed AS (
     UPDATE shadows.tasks t
     SET state = 'running', worker = $4::text, started_at = now(),
         deliveries = t.deliveries + 1,
         lease_expires_at = now() + make_interval(secs => $5::float8)
-    FROM judged
-    WHERE judged.rule IS NULL AND t.queue = $1::text AND t.key = judged.key
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM judged WHERE rule IS NULL))
     RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
         t.deliveries, t.started_at, t.trace_context
 )
@@ -168,11 +168,13 @@ type ClaimDueRow struct {
 // Worker side: claiming, lease renewal and recording how tasks ended.
 // The hot path. The inner scan walks tasks_claimable in exactly its order
 // and stops after max_rows due rows; future, held and waiting rows are never
-// read. Each
-// claimed row is judged against the queue's strikes: a matching hold strike
-// sets it aside (held) untouched, any other matching strike cancels it, and
-// the rest start running. Rows set aside or cancelled come back with
-// struck_by naming the strike, so the worker can log them.
+// read. Each claimed row is judged against the queue's strikes (skipped
+// outright when the queue has none): a matching hold strike sets it aside
+// (held) untouched, any other matching strike cancels it, and the rest start
+// running. Rows set aside or cancelled come back with struck_by naming the
+// strike, so the worker can log them. The updates find their rows by
+// physical address (ctid), stable because the rows are locked, so no join
+// can be misplanned however stale the table's statistics are.
 func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]ClaimDueRow, error) {
 	rows, err := db.Query(ctx, claimDue,
 		arg.Queue,
@@ -213,24 +215,22 @@ func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]
 
 const claimLapsed = `-- name: ClaimLapsed :many
 WITH lapsed AS (
-    SELECT key, cancel_requested FROM shadows.tasks
-    WHERE queue = $3::text AND state = 'running' AND lease_expires_at < now()
-      AND key <> ALL (coalesce($4::text[], '{}'))
-    ORDER BY lease_expires_at
+    SELECT l.ctid::tid AS tid, l.cancel_requested FROM shadows.tasks l
+    WHERE l.queue = $3::text AND l.state = 'running' AND l.lease_expires_at < now()
+      AND l.key <> ALL (coalesce($4::text[], '{}'))
+    ORDER BY l.lease_expires_at
     LIMIT $5
     FOR UPDATE SKIP LOCKED
 ), cancelled AS (
     UPDATE shadows.tasks t
     SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => $6::float8)
-    FROM lapsed
-    WHERE t.queue = $3::text AND t.key = lapsed.key AND lapsed.cancel_requested
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE cancel_requested))
 )
 UPDATE shadows.tasks t
 SET worker = $1::text, started_at = now(), deliveries = t.deliveries + 1,
     lease_expires_at = now() + make_interval(secs => $2::float8)
-FROM lapsed
-WHERE t.queue = $3::text AND t.key = lapsed.key AND NOT lapsed.cancel_requested
+WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE NOT cancel_requested))
 RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
     t.deliveries, t.started_at, t.trace_context
 `
@@ -317,39 +317,43 @@ WITH ended AS (
            unnest($6::text[]) AS result, unnest($7::timestamptz[]) AS next_run_at,
            unnest($8::text[]) AS next_args, unnest($9::int[]) AS next_attempt,
            unnest($10::int[]) AS deliveries
+), target AS (
+    -- Each outcome's row, found by primary key and locked (in the order
+    -- given: the caller sorts by key), if it is still the run that ended.
+    SELECT ended.key, ended.generation, ended.state, ended.error, ended.result, ended.next_run_at, ended.next_args, ended.next_attempt, ended.deliveries, t.tid, t.cancel_requested
+    FROM ended JOIN LATERAL (
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state, r.cancel_requested
+        FROM shadows.tasks r
+        WHERE r.queue = $1::text AND r.key = ended.key
+        FOR UPDATE
+    ) AS t ON true
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
 ), rescheduled AS (
     UPDATE shadows.tasks t
-    SET state = 'scheduled', run_at = ended.next_run_at,
-        args = coalesce(nullif(ended.next_args, '')::jsonb, t.args),
-        attempt = ended.next_attempt, generation = t.generation + 1, deliveries = 0,
+    SET state = 'scheduled', run_at = target.next_run_at,
+        args = coalesce(nullif(target.next_args, '')::jsonb, t.args),
+        attempt = target.next_attempt, generation = t.generation + 1, deliveries = 0,
         worker = NULL, started_at = NULL, lease_expires_at = NULL,
-        error = nullif(ended.error, ''), result = NULL
-    FROM ended
-    WHERE ended.state = 'scheduled'
-      AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
-      AND t.deliveries = ended.deliveries
-      AND t.state = 'running' AND NOT t.cancel_requested
+        error = nullif(target.error, ''), result = NULL
+    FROM target
+    WHERE t.ctid = target.tid AND target.state = 'scheduled' AND NOT target.cancel_requested
     RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
     UPDATE shadows.tasks t
-    SET state = CASE WHEN ended.state <> 'scheduled' THEN ended.state
-                     WHEN ended.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
+    SET state = CASE WHEN target.state <> 'scheduled' THEN target.state
+                     WHEN target.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
         finished_at = now(), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => $11::float8),
-        error = nullif(ended.error, ''), result = nullif(ended.result, '')::jsonb
-    FROM ended
-    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $11::float8 > 0
-      AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
-      AND t.deliveries = ended.deliveries
-      AND t.state = 'running'
+        error = nullif(target.error, ''), result = nullif(target.result, '')::jsonb
+    FROM target
+    WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
+      AND $11::float8 > 0
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
-    USING ended
-    WHERE (ended.state <> 'scheduled' OR t.cancel_requested) AND $11::float8 <= 0
-      AND t.queue = $1::text AND t.key = ended.key AND t.generation = ended.generation
-      AND t.deliveries = ended.deliveries
-      AND t.state = 'running'
+    USING target
+    WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
+      AND $11::float8 <= 0
     RETURNING t.key
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
@@ -450,40 +454,46 @@ func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsPar
 
 const renewLeases = `-- name: RenewLeases :many
 WITH mine AS (
-    SELECT unnest($2::text[]) AS key, unnest($3::bigint[]) AS generation,
-           unnest($4::int[]) AS deliveries
+    SELECT t.ctid AS tid, t.key, t.cancel_requested
+    FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
+                 unnest($3::int[]) AS deliveries) AS u
+    JOIN LATERAL (
+        SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.state, r.worker, r.cancel_requested
+        FROM shadows.tasks r
+        WHERE r.queue = $4::text AND r.key = u.key
+        FOR UPDATE
+    ) AS t ON true
+    WHERE t.generation = u.generation AND t.deliveries = u.deliveries
+      AND t.state = 'running' AND t.worker = $5::text
 ), renewed AS (
     UPDATE shadows.tasks t
-    SET lease_expires_at = now() + make_interval(secs => $5::float8)
-    FROM mine
-    WHERE t.queue = $1::text AND t.key = mine.key AND t.generation = mine.generation
-      AND t.deliveries = mine.deliveries AND t.state = 'running' AND t.worker = $6::text
-    RETURNING t.key
+    SET lease_expires_at = now() + make_interval(secs => $6::float8)
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
-SELECT t.key
-FROM shadows.tasks t JOIN mine ON t.key = mine.key AND t.generation = mine.generation
-WHERE t.queue = $1::text AND t.state = 'running' AND t.cancel_requested
+SELECT key FROM mine WHERE cancel_requested
 `
 
 type RenewLeasesParams struct {
-	Queue        string
 	Keys         []string
 	Generations  []int64
 	Deliveries   []int32
-	LeaseSeconds float64
+	Queue        string
 	Worker       string
+	LeaseSeconds float64
 }
 
 // Extends the leases of this worker's running tasks and returns the keys
-// among them that a cancel asked to stop.
+// among them that a cancel asked to stop. Each row is found by its primary
+// key and locked, in the order given (the caller sorts by key, as
+// FinishTasks' caller does, so the two never deadlock).
 func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParams) ([]string, error) {
 	rows, err := db.Query(ctx, renewLeases,
-		arg.Queue,
 		arg.Keys,
 		arg.Generations,
 		arg.Deliveries,
-		arg.LeaseSeconds,
+		arg.Queue,
 		arg.Worker,
+		arg.LeaseSeconds,
 	)
 	if err != nil {
 		return nil, err

@@ -94,7 +94,8 @@ WITH input AS (
 ), judged AS (
     SELECT input.key, input.task, input.args, input.run_at, input.run_at_set, (
         SELECT s.rule FROM shadows.strikes s
-        WHERE s.queue = $6::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
+        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = $6::text AND NOT hold))
+          AND s.queue = $6::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
           AND shadows.strike_matches(s.conditions, input.args)
         ORDER BY s.id
         LIMIT 1

@@ -77,7 +77,8 @@ WITH input AS (
 ), judged AS (
     SELECT input.*, (
         SELECT s.rule FROM shadows.strikes s
-        WHERE s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
+        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = @queue::text AND NOT hold))
+          AND s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
           AND shadows.strike_matches(s.conditions, input.args)
         ORDER BY s.id
         LIMIT 1
