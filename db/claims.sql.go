@@ -325,6 +325,7 @@ WITH ended AS (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state, r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = $1::text AND r.key = ended.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
     WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
@@ -461,6 +462,7 @@ WITH mine AS (
         SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.state, r.worker, r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = $4::text AND r.key = u.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
     WHERE t.generation = u.generation AND t.deliveries = u.deliveries

@@ -102,6 +102,7 @@ WITH mine AS (
         SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.state, r.worker, r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = @queue::text AND r.key = u.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
     WHERE t.generation = u.generation AND t.deliveries = u.deliveries
@@ -142,6 +143,7 @@ WITH ended AS (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state, r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = @queue::text AND r.key = ended.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
     WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
