@@ -89,7 +89,7 @@ END
 $$;
 -- +goose StatementEnd
 
--- Takes slots for claimed (running) tasks, in the order given. Each row of
+-- Takes slots for claimed (running) tasks, in the order they were due. Each row of
 -- the input is one limit of one task: p_tasks[i] (claimed at generation
 -- p_generations[i]) needs a slot of p_keys[i], of which at most p_maxes[i]
 -- may be held. A task gets all of its slots or none: if any of its keys is
@@ -112,8 +112,12 @@ BEGIN
     FOR v_key IN SELECT DISTINCT k FROM unnest(p_keys) AS k ORDER BY 1 LOOP
         PERFORM pg_advisory_xact_lock(hashtextextended(p_queue || '/' || v_key, 0));
     END LOOP;
-    FOR v_task IN SELECT t FROM unnest(p_tasks) WITH ORDINALITY AS u(t, i) GROUP BY t ORDER BY min(i) LOOP
-        SELECT seq INTO v_seq FROM shadows.tasks WHERE queue = p_queue AND key = v_task;
+    -- First come, first served: tasks in the order they were due.
+    FOR v_task, v_seq IN
+        SELECT key, seq FROM shadows.tasks
+        WHERE queue = p_queue AND key = ANY (p_tasks)
+        ORDER BY run_at, seq
+    LOOP
         v_blocked := NULL;
         FOR v_key, v_max IN
             SELECT k, m FROM unnest(p_tasks, p_keys, p_maxes) AS u(t, k, m) WHERE t = v_task ORDER BY k

@@ -286,7 +286,7 @@ func Parse(text string) (Rule, error) {
 		}
 		dec := json.NewDecoder(strings.NewReader(toks[2]))
 		dec.UseNumber()
-		if err := dec.Decode(&c.Value); err != nil {
+		if err := dec.Decode(&c.Value); err != nil || dec.InputOffset() != int64(len(toks[2])) {
 			return Rule{}, fmt.Errorf("%w: value %s is not a JSON literal (quote strings)", ErrInvalidRule, toks[2])
 		}
 		c.Value = plainNumbers(c.Value)

@@ -59,7 +59,7 @@ func TestInvalidRules(t *testing.T) {
 	}
 	for _, text := range []string{
 		"", "hold", "t a", "t a == ", "t a ~= 1", "t a == unquoted", `t a == "open`, "t a between [1, 2",
-		"t a == 1 or b == 2", "t a == 1 and",
+		"t a == 1 or b == 2", "t a == 1 and", "t a == 12345x", "t a == truex", `t a == "x"y`,
 	} {
 		_, err := strike.Parse(text)
 		require.ErrorIs(t, err, strike.ErrInvalidRule, "%q", text)

@@ -139,3 +139,16 @@ func printSlots(ctx context.Context, pool *pgxpool.Pool, q *queue.Queue) {
 	}
 	fmt.Printf("%d waiting for a slot\n", s.Waiting)
 }
+
+// printRecord prints a task's key and state, and its error if it has one.
+func printRecord(ctx context.Context, q *queue.Queue, key string) {
+	ex, err := q.Execution(ctx, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if ex.Error == "" {
+		fmt.Println(ex.Key, ex.State)
+		return
+	}
+	fmt.Printf("%s %s: %s\n", ex.Key, ex.State, ex.Error)
+}

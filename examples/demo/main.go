@@ -31,6 +31,7 @@ import (
 	"github.com/shadows-go/shadows/internal/pgcluster"
 	"github.com/shadows-go/shadows/migrations"
 	"github.com/shadows-go/shadows/queue"
+	"github.com/shadows-go/shadows/strike"
 	"github.com/shadows-go/shadows/worker"
 )
 
@@ -85,7 +86,11 @@ func run(ctx context.Context, verbose bool) (err error) {
 		return err
 	}
 
-	cfg := queue.Config{Name: fmt.Sprintf("demo-%d", os.Getpid())}
+	logger := slog.New(slog.DiscardHandler)
+	if verbose {
+		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	cfg := queue.Config{Name: fmt.Sprintf("demo-%d", os.Getpid()), Logger: logger}
 	q, err := queue.New(pool, cfg)
 	if err != nil {
 		return err
@@ -103,11 +108,7 @@ func run(ctx context.Context, verbose bool) (err error) {
 		fmt.Printf("deleted the %d rows of queue %s\n", n, q.Name())
 	}()
 
-	d := &demo{q: q, checks: make(chan int, 10)}
-	logger := slog.New(slog.DiscardHandler)
-	if verbose {
-		logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
-	}
+	d := &demo{q: q, pool: pool, checks: make(chan int, 10), syncGate: make(chan struct{})}
 	w, err := worker.New(pool, d.registry(), worker.Config{
 		Queue:       cfg,
 		Concurrency: 4,
@@ -146,6 +147,8 @@ func run(ctx context.Context, verbose bool) (err error) {
 		{"a perpetual task stopped by a cancel", d.healthChecks},
 		{"failures: an error, retries, a timeout", d.failures},
 		{"a task no handler is registered for, and a fallback", d.unknown},
+		{"strikes: stop tasks by their arguments, hold some until restored", d.strikes},
+		{"concurrency limits: one sync per customer at a time", d.limits},
 	} {
 		fmt.Printf("\n── %s\n", step.title)
 		if err := step.run(ctx); err != nil {
@@ -162,13 +165,16 @@ func run(ctx context.Context, verbose bool) (err error) {
 }
 
 // deleteQueue removes every row the demo left: the task records, kept for
-// the queue's ExecutionTTL, and the worker's heartbeat. The library has no
-// call for it, so it is plain SQL.
+// the queue's ExecutionTTL, the worker's heartbeat, and any strike or slot
+// an interrupt left behind. The library has no call for it, so it is plain
+// SQL.
 func deleteQueue(ctx context.Context, pool *pgxpool.Pool, name string) (int64, error) {
 	var n int64
 	for _, sql := range []string{
 		`DELETE FROM shadows.tasks WHERE queue = $1`,
 		`DELETE FROM shadows.workers WHERE queue = $1`,
+		`DELETE FROM shadows.strikes WHERE queue = $1`,
+		`DELETE FROM shadows.slots WHERE queue = $1`,
 	} {
 		tag, err := pool.Exec(ctx, sql, name)
 		if err != nil {
@@ -181,11 +187,17 @@ func deleteQueue(ctx context.Context, pool *pgxpool.Pool, name string) (int64, e
 
 // demo holds the producer side and what the handlers share with it.
 type demo struct {
-	q  *queue.Queue
-	mu sync.Mutex // serialises output lines
+	q    *queue.Queue
+	pool *pgxpool.Pool
+	mu   sync.Mutex // serialises output lines
 
 	checks                     chan int // health checks done, for the cancel step
 	finaliserNew, finaliserDup atomic.Int64
+
+	// For the concurrency step: the first syncs wait at the gate while the
+	// producer looks at the slots; runs records each sync's start and end.
+	syncGate chan struct{}
+	syncRuns syncLedger
 }
 
 // producer and worker print one line each, labelled with who speaks.
@@ -206,6 +218,10 @@ func (d *demo) add(ctx context.Context, args queue.Args, opts *queue.AddOpts) (*
 	ex, err := d.q.Add(ctx, args, opts)
 	if err != nil {
 		return nil, err
+	}
+	if ex.Disposition == queue.DispositionStruck {
+		fmt.Printf("  producer  added %s %s: struck by %s (nothing stored)\n", ex.Task, ex.Key, ex.StruckBy)
+		return ex, nil
 	}
 	when := ""
 	if ex.State == queue.StateScheduled {
@@ -365,6 +381,21 @@ type SlowReport struct {
 
 func (SlowReport) TaskName() string { return "slow_report" }
 
+type ProcessPayment struct {
+	Customer string  `json:"customer" shadows:"logged"`
+	Amount   float64 `json:"amount"   shadows:"logged"`
+}
+
+func (ProcessPayment) TaskName() string { return "process_payment" }
+
+// SyncCustomer may run once at a time per customer (a concurrency limit).
+type SyncCustomer struct {
+	Customer string `json:"customer" shadows:"logged"`
+	N        int    `json:"n"        shadows:"logged"`
+}
+
+func (SyncCustomer) TaskName() string { return "sync_customer" }
+
 // LegacyExport is added but never registered: the fallback gets it.
 type LegacyExport struct {
 	Format string `json:"format"`
@@ -372,10 +403,11 @@ type LegacyExport struct {
 
 func (LegacyExport) TaskName() string { return "legacy_export" }
 
-// Intervals of the self-rescheduling tasks.
+// Intervals of the self-rescheduling tasks, and how long a sync takes.
 const (
 	monitorEvery = 200 * time.Millisecond
 	healthEvery  = 200 * time.Millisecond
+	syncTakes    = 150 * time.Millisecond
 )
 
 // pendingOrders stands in for a query of the application's database.
@@ -565,6 +597,24 @@ func (d *demo) registry() *worker.Registry {
 			return ctx.Err()
 		}
 	}, worker.Policy{Timeout: 200 * time.Millisecond})
+
+	worker.MustRegister(reg, func(ctx context.Context, t *worker.Task[ProcessPayment]) error {
+		d.worker("process_payment(customer=%s, amount=%.2f)", t.Args.Customer, t.Args.Amount)
+		return nil
+	}, worker.Policy{})
+
+	// One sync per customer at a time, across every worker of the queue.
+	worker.MustRegister(reg, func(ctx context.Context, t *worker.Task[SyncCustomer]) error {
+		d.syncRuns.start(t.Args)
+		defer d.syncRuns.end(t.Args)
+		select {
+		case <-d.syncGate: // closed once the producer has looked at the slots
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		time.Sleep(syncTakes) // … call the CRM …
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "customer", Max: 1}}})
 
 	return reg
 }
@@ -773,4 +823,191 @@ func (d *demo) unknown(ctx context.Context) error {
 	}
 	_, err = d.wait(ctx, ex.Key)
 	return err
+}
+
+func (d *demo) strikes(ctx context.Context) error {
+	// Block one customer across every task: nothing of theirs is stored.
+	blocked := strike.Rule{Param: "customer", Op: strike.Eq, Value: "c-13"}
+	if _, err := d.q.Strike(ctx, blocked); err != nil {
+		return err
+	}
+	d.producer("struck %s", blocked)
+	if _, err := d.add(ctx, ProcessPayment{Customer: "c-13", Amount: 40}, &queue.AddOpts{Key: "payment-c-13"}); err != nil {
+		return err
+	}
+	if _, err := d.add(ctx, ProcessPayment{Customer: "c-7", Amount: 40}, &queue.AddOpts{Key: "payment-c-7"}); err != nil {
+		return err
+	}
+	if _, err := d.wait(ctx, "payment-c-7"); err != nil {
+		return err
+	}
+
+	// Hold large payments: they are stored and wait, untouched, until the
+	// hold is restored.
+	hold := strike.Rule{Task: "process_payment", Param: "amount", Op: strike.Gt, Value: 10000, Hold: true}
+	if _, err := d.q.Strike(ctx, hold); err != nil {
+		return err
+	}
+	d.producer("struck %s", hold)
+	if _, err := d.add(ctx, ProcessPayment{Customer: "c-7", Amount: 25000}, &queue.AddOpts{Key: "payment-big"}); err != nil {
+		return err
+	}
+	var ex *queue.Execution
+	if err := poll(ctx, func() (bool, error) {
+		var err error
+		ex, err = d.q.Execution(ctx, "payment-big")
+		return err == nil && ex.Held, err
+	}); err != nil {
+		return err
+	}
+	s, err := d.q.Snapshot(ctx)
+	if err != nil {
+		return err
+	}
+	d.producer("%s is %s and held (a worker set it aside); the queue holds %d", ex.Key, ex.State, s.Held)
+	active, err := d.q.Strikes(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range active {
+		d.producer("active strike: %s", a.Text)
+	}
+	// Printed before each restore: once the hold is gone, the worker may
+	// speak first.
+	for _, r := range []strike.Rule{blocked, hold} {
+		d.producer("restoring %s", r)
+		if _, err := d.q.Restore(ctx, r); err != nil {
+			return err
+		}
+	}
+	_, err = d.wait(ctx, "payment-big")
+	return err
+}
+
+func (d *demo) limits(ctx context.Context) error {
+	var entries []queue.Entry
+	for n := 1; n <= 3; n++ {
+		for _, c := range []string{"c-1001", "c-2001"} {
+			entries = append(entries, queue.Entry{Args: SyncCustomer{Customer: c, N: n}, Key: fmt.Sprintf("sync-%s-%d", c, n)})
+		}
+	}
+	// The first sync of each customer goes first, so that the other two of
+	// each wait behind it.
+	for _, e := range [][]queue.Entry{entries[:2], entries[2:]} {
+		if _, err := d.q.AddMany(ctx, e); err != nil {
+			return err
+		}
+		if err := poll(ctx, func() (bool, error) { return d.syncRuns.started() == 2, nil }); err != nil {
+			return err
+		}
+	}
+	d.producer("added 3 sync_customer tasks for each of c-1001 and c-2001, limit 1 per customer")
+	if err := poll(ctx, func() (bool, error) {
+		s, err := d.q.Snapshot(ctx)
+		return err == nil && s.Waiting == 4, err
+	}); err != nil {
+		return err
+	}
+	rows, err := d.pool.Query(ctx, `SELECT limit_key, running, max_slots FROM shadows.concurrency WHERE queue = $1 ORDER BY limit_key`, d.q.Name())
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var key string
+		var running, maxSlots int
+		if err := rows.Scan(&key, &running, &maxSlots); err != nil {
+			rows.Close()
+			return err
+		}
+		d.producer("shadows.concurrency: %s has %d of %d slot(s) in use", key, running, maxSlots)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	d.producer("snapshot: 4 tasks wait for a slot; letting the syncs run")
+	close(d.syncGate)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, e := range entries {
+		if _, err := d.q.Wait(wctx, e.Key); err != nil {
+			return err
+		}
+	}
+	for _, c := range []string{"c-1001", "c-2001"} {
+		order, peak := d.syncRuns.summary(c)
+		d.producer("%s: syncs %s, at most %d at a time", c, strings.Join(order, " → "), peak)
+	}
+	d.producer("in all, at most %d syncs ran at once: the two customers side by side", d.syncRuns.peakAll())
+	return nil
+}
+
+// poll checks cond every 10ms until it holds, it fails, or 10s pass.
+func poll(ctx context.Context, cond func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for {
+		ok, err := cond()
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			return nil
+		}
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// syncLedger records the runs of sync_customer: the order they started in
+// per customer, and how many ran at once, per customer and in all.
+type syncLedger struct {
+	mu       sync.Mutex
+	order    map[string][]string
+	running  map[string]int
+	peak     map[string]int
+	all      int
+	allPeak  int
+	startedN int
+}
+
+func (l *syncLedger) start(a SyncCustomer) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.order == nil {
+		l.order, l.running, l.peak = map[string][]string{}, map[string]int{}, map[string]int{}
+	}
+	l.order[a.Customer] = append(l.order[a.Customer], fmt.Sprint("#", a.N))
+	l.running[a.Customer]++
+	l.peak[a.Customer] = max(l.peak[a.Customer], l.running[a.Customer])
+	l.all++
+	l.allPeak = max(l.allPeak, l.all)
+	l.startedN++
+}
+
+func (l *syncLedger) end(a SyncCustomer) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.running[a.Customer]--
+	l.all--
+}
+
+func (l *syncLedger) started() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.startedN
+}
+
+func (l *syncLedger) summary(customer string) (order []string, peak int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.order[customer], l.peak[customer]
+}
+
+func (l *syncLedger) peakAll() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.allPeak
 }
