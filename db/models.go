@@ -131,13 +131,18 @@ type ShadowsSlot struct {
 }
 
 type ShadowsStrike struct {
-	ID         int64
-	Queue      string
-	Task       *string
-	Conditions json.RawMessage
-	Hold       bool
-	Rule       string
-	CreatedAt  time.Time
+	ID        int64
+	Queue     string
+	Task      *string
+	Path      interface{}
+	Hold      bool
+	Rule      string
+	CreatedAt time.Time
+}
+
+type ShadowsStrikeEpoch struct {
+	Queue string
+	Epoch int64
 }
 
 type ShadowsTask struct {
@@ -165,6 +170,7 @@ type ShadowsTask struct {
 	ProgressMessage *string
 	ProgressAt      *time.Time
 	Held            bool
+	StrikeEpoch     int64
 	WaitingOn       *string
 	WaitingMax      *int32
 	TraceContext    json.RawMessage

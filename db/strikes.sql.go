@@ -7,7 +7,6 @@ package db
 
 import (
 	"context"
-	"encoding/json"
 	"time"
 )
 
@@ -16,6 +15,10 @@ WITH removed AS (
     DELETE FROM shadows.strikes
     WHERE queue = $1::text AND rule = $2::text
     RETURNING hold
+), bumped AS (
+    INSERT INTO shadows.strike_epochs AS e (queue, epoch)
+    SELECT $1::text, 1 WHERE EXISTS (SELECT 1 FROM removed)
+    ON CONFLICT (queue) DO UPDATE SET epoch = e.epoch + 1
 ), released AS (
     UPDATE shadows.tasks SET held = false
     WHERE queue = $1::text AND held AND EXISTS (SELECT 1 FROM removed WHERE hold)
@@ -39,8 +42,9 @@ type DeleteStrikeRow struct {
 	Notified bool
 }
 
-// Removes a rule. Removing a hold releases the tasks it kept waiting: they
-// are judged afresh at their next claim, against the rules that remain.
+// Removes a rule and bumps the queue's strike epoch. Removing a hold
+// releases the tasks it kept waiting: they are judged afresh at their next
+// claim, against the rules that remain.
 func (q *Queries) DeleteStrike(ctx context.Context, db DBTX, arg DeleteStrikeParams) (DeleteStrikeRow, error) {
 	row := db.QueryRow(ctx, deleteStrike, arg.Queue, arg.Rule)
 	var i DeleteStrikeRow
@@ -51,30 +55,35 @@ func (q *Queries) DeleteStrike(ctx context.Context, db DBTX, arg DeleteStrikePar
 const insertStrike = `-- name: InsertStrike :one
 
 WITH ins AS (
-    INSERT INTO shadows.strikes (queue, task, conditions, hold, rule)
-    VALUES ($1::text, $2::text, $3::jsonb, $4::bool, $5::text)
+    INSERT INTO shadows.strikes (queue, task, path, hold, rule)
+    VALUES ($1::text, $2::text, CAST($3::text AS jsonpath), $4::bool, $5::text)
     ON CONFLICT (queue, rule) DO NOTHING
     RETURNING id
+), bumped AS (
+    INSERT INTO shadows.strike_epochs AS e (queue, epoch)
+    SELECT $1::text, 1 WHERE EXISTS (SELECT 1 FROM ins)
+    ON CONFLICT (queue) DO UPDATE SET epoch = e.epoch + 1
 )
 SELECT EXISTS (SELECT 1 FROM ins)::bool AS inserted
 `
 
 type InsertStrikeParams struct {
-	Queue      string
-	Task       *string
-	Conditions json.RawMessage
-	Hold       bool
-	Rule       string
+	Queue string
+	Task  *string
+	Path  string
+	Hold  bool
+	Rule  string
 }
 
 // Strike rules: stored by the producer side, evaluated by the add and claim
 // queries.
-// Returns whether the rule is new: striking twice is a no-op.
+// Returns whether the rule is new: striking twice is a no-op. A new rule
+// bumps the queue's strike epoch, so claims judge pending tasks afresh.
 func (q *Queries) InsertStrike(ctx context.Context, db DBTX, arg InsertStrikeParams) (bool, error) {
 	row := db.QueryRow(ctx, insertStrike,
 		arg.Queue,
 		arg.Task,
-		arg.Conditions,
+		arg.Path,
 		arg.Hold,
 		arg.Rule,
 	)
@@ -84,18 +93,17 @@ func (q *Queries) InsertStrike(ctx context.Context, db DBTX, arg InsertStrikePar
 }
 
 const listStrikes = `-- name: ListStrikes :many
-SELECT task, conditions, hold, rule, created_at
+SELECT task, hold, rule, created_at
 FROM shadows.strikes
 WHERE queue = $1::text
 ORDER BY id
 `
 
 type ListStrikesRow struct {
-	Task       *string
-	Conditions json.RawMessage
-	Hold       bool
-	Rule       string
-	CreatedAt  time.Time
+	Task      *string
+	Hold      bool
+	Rule      string
+	CreatedAt time.Time
 }
 
 func (q *Queries) ListStrikes(ctx context.Context, db DBTX, queue string) ([]ListStrikesRow, error) {
@@ -109,7 +117,6 @@ func (q *Queries) ListStrikes(ctx context.Context, db DBTX, queue string) ([]Lis
 		var i ListStrikesRow
 		if err := rows.Scan(
 			&i.Task,
-			&i.Conditions,
 			&i.Hold,
 			&i.Rule,
 			&i.CreatedAt,

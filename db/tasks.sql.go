@@ -13,23 +13,26 @@ import (
 
 const addTask = `-- name: AddTask :one
 
-WITH struck AS (
-    SELECT s.rule FROM shadows.strikes s
-    WHERE s.queue = $1::text AND NOT s.hold AND (s.task IS NULL OR s.task = $2::text)
-      AND shadows.strike_matches(s.conditions, $3::jsonb)
-    ORDER BY s.id
-    LIMIT 1
+WITH epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $1::text), 0) AS e
+), strikes AS (
+    SELECT s.rule, s.hold FROM shadows.strikes s
+    WHERE s.queue = $1::text AND (s.task IS NULL OR s.task = $2::text)
+      AND jsonb_path_exists($3::jsonb, s.path, '{}', true)
+), struck AS (
+    SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
     SELECT $1::text, $4::text, $2::text, $3::jsonb,
-           coalesce($5::timestamptz, now()), $6::jsonb
+           coalesce($5::timestamptz, now()), $6::jsonb,
+           EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
+    error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.generation, t.run_at, t.created_at
@@ -91,28 +94,29 @@ WITH input AS (
     SELECT unnest($1::text[]) AS key, unnest($2::text[]) AS task,
            unnest($3::text[])::jsonb AS args, unnest($4::timestamptz[]) AS run_at,
            unnest($5::bool[]) AS run_at_set
+), epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $6::text), 0) AS e
 ), judged AS (
-    SELECT input.key, input.task, input.args, input.run_at, input.run_at_set, (
-        SELECT s.rule FROM shadows.strikes s
-        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = $6::text AND NOT hold))
-          AND s.queue = $6::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
-          AND shadows.strike_matches(s.conditions, input.args)
-        ORDER BY s.id
-        LIMIT 1
-    ) AS struck_by
-    FROM input
+    SELECT input.key, input.task, input.args, input.run_at, input.run_at_set, st.struck_by, coalesce(st.held, false) AS held
+    FROM input LEFT JOIN LATERAL (
+        SELECT min(s.rule) FILTER (WHERE NOT s.hold) AS struck_by, bool_or(s.hold) AS held
+        FROM shadows.strikes s
+        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = $6::text))
+          AND s.queue = $6::text AND (s.task IS NULL OR s.task = input.task)
+          AND jsonb_path_exists(input.args, s.path, '{}', true)
+    ) AS st ON true
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
     SELECT $6::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
-           $7::jsonb
+           $7::jsonb, held, (SELECT e FROM epoch)
     FROM judged
     WHERE struck_by IS NULL
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
+    error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.key, t.generation, t.run_at, t.created_at
@@ -520,23 +524,26 @@ func (q *Queries) NotifyReady(ctx context.Context, db DBTX, queue string) error 
 }
 
 const replaceTask = `-- name: ReplaceTask :one
-WITH struck AS (
-    SELECT s.rule FROM shadows.strikes s
-    WHERE s.queue = $1::text AND NOT s.hold AND (s.task IS NULL OR s.task = $2::text)
-      AND shadows.strike_matches(s.conditions, $3::jsonb)
-    ORDER BY s.id
-    LIMIT 1
+WITH epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $1::text), 0) AS e
+), strikes AS (
+    SELECT s.rule, s.hold FROM shadows.strikes s
+    WHERE s.queue = $1::text AND (s.task IS NULL OR s.task = $2::text)
+      AND jsonb_path_exists($3::jsonb, s.path, '{}', true)
+), struck AS (
+    SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
     SELECT $1::text, $4::text, $2::text, $3::jsonb,
-           coalesce($5::timestamptz, now()), $6::jsonb
+           coalesce($5::timestamptz, now()), $6::jsonb,
+           EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
+    error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     RETURNING t.generation, t.run_at, t.created_at
 )

@@ -7,9 +7,12 @@ CREATE TABLE shadows.strikes (
     queue      text        NOT NULL,
     -- The task name the strike applies to; NULL for every task.
     task       text,
-    -- Conditions that must all hold: [{"param": …, "op": …, "value": …}].
-    -- An empty list strikes the task whole.
-    conditions jsonb       NOT NULL DEFAULT '[]',
+    -- The rule's conditions as a strict SQL/JSON path filter over the
+    -- task's arguments, e.g. strict $ ? (@."amount".type() == "number" &&
+    -- @."amount" > 1000): numbers compare as numbers, strings as strings,
+    -- and a parameter that is absent or of another type never matches. A
+    -- rule without conditions is "strict $", which matches every task.
+    path       jsonpath    NOT NULL,
     -- A hold keeps matching tasks waiting instead of cancelling them.
     hold       boolean     NOT NULL DEFAULT false,
     -- The rule's canonical text form: what Strike and Restore match on.
@@ -18,69 +21,20 @@ CREATE TABLE shadows.strikes (
     UNIQUE (queue, rule)
 );
 
--- Whether one condition holds for a task's arguments. Numbers compare as
--- numbers and strings as strings (byte order); booleans, null, arrays and
--- objects only with == and !=. A parameter the arguments lack, or a value of
--- another JSON type, never matches.
--- +goose StatementBegin
-CREATE FUNCTION shadows.condition_holds(args jsonb, cond jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-SELECT CASE
-    WHEN NOT (args ? (cond->>'param')) THEN false
-    WHEN cond->>'op' = 'between' THEN
-        CASE
-            WHEN jsonb_typeof(args->(cond->>'param')) = 'number'
-                 AND jsonb_typeof(cond->'value'->0) = 'number' AND jsonb_typeof(cond->'value'->1) = 'number'
-            THEN (args->>(cond->>'param'))::numeric
-                 BETWEEN (cond->'value'->>0)::numeric AND (cond->'value'->>1)::numeric
-            WHEN jsonb_typeof(args->(cond->>'param')) = 'string'
-                 AND jsonb_typeof(cond->'value'->0) = 'string' AND jsonb_typeof(cond->'value'->1) = 'string'
-            THEN ((args->>(cond->>'param')) COLLATE "C")
-                 BETWEEN ((cond->'value'->>0) COLLATE "C") AND ((cond->'value'->>1) COLLATE "C")
-            ELSE false
-        END
-    WHEN jsonb_typeof(args->(cond->>'param')) <> jsonb_typeof(cond->'value') THEN false
-    WHEN jsonb_typeof(cond->'value') = 'number' THEN
-        CASE cond->>'op'
-            WHEN '==' THEN (args->>(cond->>'param'))::numeric =  (cond->>'value')::numeric
-            WHEN '!=' THEN (args->>(cond->>'param'))::numeric <> (cond->>'value')::numeric
-            WHEN '<'  THEN (args->>(cond->>'param'))::numeric <  (cond->>'value')::numeric
-            WHEN '<=' THEN (args->>(cond->>'param'))::numeric <= (cond->>'value')::numeric
-            WHEN '>'  THEN (args->>(cond->>'param'))::numeric >  (cond->>'value')::numeric
-            WHEN '>=' THEN (args->>(cond->>'param'))::numeric >= (cond->>'value')::numeric
-            ELSE false
-        END
-    WHEN jsonb_typeof(cond->'value') = 'string' THEN
-        CASE cond->>'op'
-            WHEN '==' THEN (args->>(cond->>'param')) COLLATE "C" =  (cond->>'value') COLLATE "C"
-            WHEN '!=' THEN (args->>(cond->>'param')) COLLATE "C" <> (cond->>'value') COLLATE "C"
-            WHEN '<'  THEN (args->>(cond->>'param')) COLLATE "C" <  (cond->>'value') COLLATE "C"
-            WHEN '<=' THEN (args->>(cond->>'param')) COLLATE "C" <= (cond->>'value') COLLATE "C"
-            WHEN '>'  THEN (args->>(cond->>'param')) COLLATE "C" >  (cond->>'value') COLLATE "C"
-            WHEN '>=' THEN (args->>(cond->>'param')) COLLATE "C" >= (cond->>'value') COLLATE "C"
-            ELSE false
-        END
-    WHEN cond->>'op' = '==' THEN args->(cond->>'param') = cond->'value'
-    WHEN cond->>'op' = '!=' THEN args->(cond->>'param') <> cond->'value'
-    ELSE false
-END
-$$;
--- +goose StatementEnd
-
--- Whether every condition of a strike holds for a task's arguments.
--- +goose StatementBegin
-CREATE FUNCTION shadows.strike_matches(conditions jsonb, args jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-SELECT NOT EXISTS (
-    SELECT 1 FROM jsonb_array_elements(conditions) AS c
-    WHERE NOT shadows.condition_holds(args, c)
-)
-$$;
--- +goose StatementEnd
+-- Every change to a queue's strikes bumps its epoch. A task records the
+-- epoch it was judged at when it was added; a claim judges again only tasks
+-- whose epoch is not the current one, so strikes cost claims nothing until
+-- they change.
+CREATE TABLE shadows.strike_epochs (
+    queue text   PRIMARY KEY,
+    epoch bigint NOT NULL
+);
 
 -- Tasks a hold strike keeps waiting leave the claim index, so they cost
 -- claims nothing; restoring the strike releases them.
-ALTER TABLE shadows.tasks ADD COLUMN held boolean NOT NULL DEFAULT false;
+ALTER TABLE shadows.tasks
+    ADD COLUMN held boolean NOT NULL DEFAULT false,
+    ADD COLUMN strike_epoch bigint NOT NULL DEFAULT 0;
 CREATE INDEX tasks_ready ON shadows.tasks (queue, run_at, seq) WHERE state = 'scheduled' AND NOT held;
 DROP INDEX shadows.tasks_due;
 
@@ -105,7 +59,6 @@ SELECT queue, key, task, args,
 FROM shadows.tasks;
 CREATE INDEX tasks_due ON shadows.tasks (queue, run_at, seq) WHERE state = 'scheduled';
 DROP INDEX shadows.tasks_ready;
-ALTER TABLE shadows.tasks DROP COLUMN held;
-DROP FUNCTION shadows.strike_matches(jsonb, jsonb);
-DROP FUNCTION shadows.condition_holds(jsonb, jsonb);
+ALTER TABLE shadows.tasks DROP COLUMN held, DROP COLUMN strike_epoch;
+DROP TABLE shadows.strike_epochs;
 DROP TABLE shadows.strikes;

@@ -3,28 +3,32 @@
 -- name: ClaimDue :many
 -- The hot path. The inner scan walks tasks_claimable in exactly its order
 -- and stops after max_rows due rows; future, held and waiting rows are never
--- read. Each claimed row is judged against the queue's strikes (skipped
--- outright when the queue has none): a matching hold strike sets it aside
+-- read. A claimed row judged at add time under other strikes than the
+-- queue's current ones (its strike epoch differs) is judged again: a
+-- matching hold strike sets it aside
 -- (held) untouched, any other matching strike cancels it, and the rest start
 -- running. Rows set aside or cancelled come back with struck_by naming the
 -- strike, so the worker can log them. The updates find their rows by
 -- physical address (ctid), stable because the rows are locked, so no join
 -- can be misplanned however stale the table's statistics are.
-WITH due AS (
-    SELECT d.ctid::tid AS tid, d.task, d.args FROM shadows.tasks d
+WITH epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = @queue::text), 0) AS e
+), due AS (
+    SELECT d.ctid::tid AS tid, d.task, d.args, d.strike_epoch FROM shadows.tasks d
     WHERE d.queue = @queue::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
       AND d.run_at <= now()
     ORDER BY d.run_at, d.seq
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 ), judged AS (
+    -- Only tasks judged under other strikes than today's are judged again.
     SELECT due.tid, st.rule, st.hold
     FROM due LEFT JOIN LATERAL (
         SELECT s.rule, s.hold FROM shadows.strikes s
-        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = @queue::text))
+        WHERE due.strike_epoch <> (SELECT e FROM epoch)
           AND s.queue = @queue::text AND (s.task IS NULL OR s.task = due.task)
-          AND shadows.strike_matches(s.conditions, due.args)
-        ORDER BY s.hold, s.id
+          AND jsonb_path_exists(due.args, s.path, '{}', true)
+        ORDER BY s.hold, s.rule
         LIMIT 1
     ) AS st ON true
 ), set_aside AS (

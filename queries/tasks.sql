@@ -8,23 +8,26 @@
 -- (non-hold) strike stores nothing and names itself in struck_by ('' when
 -- none does). Due tasks
 -- wake idle workers through one notification.
-WITH struck AS (
-    SELECT s.rule FROM shadows.strikes s
-    WHERE s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = @task::text)
-      AND shadows.strike_matches(s.conditions, @args::jsonb)
-    ORDER BY s.id
-    LIMIT 1
+WITH epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = @queue::text), 0) AS e
+), strikes AS (
+    SELECT s.rule, s.hold FROM shadows.strikes s
+    WHERE s.queue = @queue::text AND (s.task IS NULL OR s.task = @task::text)
+      AND jsonb_path_exists(@args::jsonb, s.path, '{}', true)
+), struck AS (
+    SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
     SELECT @queue::text, @key::text, @task::text, @args::jsonb,
-           coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb
+           coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb,
+           EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
+    error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.generation, t.run_at, t.created_at
@@ -39,23 +42,26 @@ FROM (SELECT 1) AS one LEFT JOIN ins ON true;
 -- Adds a task, overwriting whatever the key holds, unless a strike matches
 -- it. A running copy keeps running, but its generation is gone, so it can
 -- neither finish nor renew the new record.
-WITH struck AS (
-    SELECT s.rule FROM shadows.strikes s
-    WHERE s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = @task::text)
-      AND shadows.strike_matches(s.conditions, @args::jsonb)
-    ORDER BY s.id
-    LIMIT 1
+WITH epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = @queue::text), 0) AS e
+), strikes AS (
+    SELECT s.rule, s.hold FROM shadows.strikes s
+    WHERE s.queue = @queue::text AND (s.task IS NULL OR s.task = @task::text)
+      AND jsonb_path_exists(@args::jsonb, s.path, '{}', true)
+), struck AS (
+    SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
     SELECT @queue::text, @key::text, @task::text, @args::jsonb,
-           coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb
+           coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb,
+           EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
     WHERE NOT EXISTS (SELECT 1 FROM struck)
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
+    error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     RETURNING t.generation, t.run_at, t.created_at
 )
@@ -74,28 +80,29 @@ WITH input AS (
     SELECT unnest(@keys::text[]) AS key, unnest(@tasks::text[]) AS task,
            unnest(@args::text[])::jsonb AS args, unnest(@run_ats::timestamptz[]) AS run_at,
            unnest(@run_at_sets::bool[]) AS run_at_set
+), epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = @queue::text), 0) AS e
 ), judged AS (
-    SELECT input.*, (
-        SELECT s.rule FROM shadows.strikes s
-        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = @queue::text AND NOT hold))
-          AND s.queue = @queue::text AND NOT s.hold AND (s.task IS NULL OR s.task = input.task)
-          AND shadows.strike_matches(s.conditions, input.args)
-        ORDER BY s.id
-        LIMIT 1
-    ) AS struck_by
-    FROM input
+    SELECT input.*, st.struck_by, coalesce(st.held, false) AS held
+    FROM input LEFT JOIN LATERAL (
+        SELECT min(s.rule) FILTER (WHERE NOT s.hold) AS struck_by, bool_or(s.hold) AS held
+        FROM shadows.strikes s
+        WHERE (SELECT EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = @queue::text))
+          AND s.queue = @queue::text AND (s.task IS NULL OR s.task = input.task)
+          AND jsonb_path_exists(input.args, s.path, '{}', true)
+    ) AS st ON true
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context)
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
     SELECT @queue::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
-           sqlc.narg('trace_context')::jsonb
+           sqlc.narg('trace_context')::jsonb, held, (SELECT e FROM epoch)
     FROM judged
     WHERE struck_by IS NULL
     ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
-    trace_context = excluded.trace_context, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
+    trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
-    error = NULL, result = NULL, created_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
+    error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
     WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.key, t.generation, t.run_at, t.created_at

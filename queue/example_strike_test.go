@@ -313,19 +313,19 @@ func ExampleQueue_Strikes() {
 	}
 
 	rows, err := pool.Query(ctx, `
-		SELECT coalesce(task, '*'), conditions, hold
+		SELECT coalesce(task, '*'), path::text, hold
 		FROM shadows.strikes WHERE queue = $1 ORDER BY id`, q.Name())
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer rows.Close()
 	for rows.Next() {
-		var task, conditions string
+		var task, path string
 		var hold bool
-		if err := rows.Scan(&task, &conditions, &hold); err != nil {
+		if err := rows.Scan(&task, &path, &hold); err != nil {
 			log.Fatal(err)
 		}
-		fmt.Println(task, conditions, "hold:", hold)
+		fmt.Println(task, path, "hold:", hold)
 	}
 	if err := rows.Err(); err != nil {
 		log.Fatal(err)
@@ -333,6 +333,6 @@ func ExampleQueue_Strikes() {
 	// Output:
 	// * customer_id == "12345"
 	// hold process_payment amount between [1000,5000]
-	// * [{"op": "==", "param": "customer_id", "value": "12345"}] hold: false
-	// process_payment [{"op": "between", "param": "amount", "value": [1000, 5000]}] hold: true
+	// * strict $?(@."customer_id".type() == "string" && @."customer_id" == "12345") hold: false
+	// process_payment strict $?((@."amount".type() == "number" && @."amount" >= 1000) && @."amount" <= 5000) hold: true
 }

@@ -42,7 +42,7 @@ func (q *Queue) strike(ctx context.Context, conn dbtx, rule strike.Rule) (_ bool
 		task = &c.Task
 	}
 	inserted, err := q.queries.InsertStrike(ctx, conn, db.InsertStrikeParams{
-		Queue: q.cfg.Name, Task: task, Conditions: c.Conditions, Hold: c.Hold, Rule: c.Text,
+		Queue: q.cfg.Name, Task: task, Path: c.Path, Hold: c.Hold, Rule: c.Text,
 	})
 	if err != nil {
 		return false, fmt.Errorf("strike %s: %w", c.Text, err)

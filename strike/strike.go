@@ -10,11 +10,13 @@
 //	strike.Rule{Task: "process_order", Param: "customer_id", Op: strike.Eq, Value: "12345",
 //		And: []strike.Condition{{Param: "amount", Op: strike.Ge, Value: 1000}}}
 //
-// A parameter is a top-level JSON key of the task's arguments. Numbers
-// compare as numbers, strings as strings (byte order), booleans and null only
-// with == and !=; a value of another JSON type than the argument, or a
-// parameter the arguments lack, never matches. PostgreSQL evaluates the
-// rules, so producers and workers agree the moment a strike commits.
+// A parameter is a top-level JSON key of the task's arguments. Values are
+// strings, numbers, booleans or null. Numbers compare as numbers, strings as
+// strings (code point order), booleans and null only with == and != (other
+// operators are refused); an argument of another JSON type than the value,
+// or a parameter the arguments lack, never matches. PostgreSQL evaluates the
+// rules (compiled to SQL/JSON path filters), so producers and workers agree
+// the moment a strike commits.
 //
 // A struck task is not stored when added, and is cancelled if it comes due;
 // a Hold rule instead keeps matching tasks waiting until it is restored.
@@ -74,8 +76,8 @@ type Condition struct {
 	Param string
 	// Op defaults to Eq.
 	Op Op
-	// Value is anything that encodes as JSON; for Between, a two-element
-	// slice or array of numbers or of strings.
+	// Value is a string, number, boolean or nil; for Between, a
+	// two-element slice or array of numbers or of strings.
 	Value any
 }
 
@@ -117,6 +119,9 @@ type Compiled struct {
 	Task string
 	// Conditions is the JSON array stored for the database to evaluate.
 	Conditions json.RawMessage
+	// Path is the rule as a strict SQL/JSON path filter over the task's
+	// arguments, which the database evaluates.
+	Path string
 	// Text is the canonical text form, which identifies the rule.
 	Text string
 	Hold bool
@@ -149,7 +154,58 @@ func (r Rule) Compile() (Compiled, error) {
 	if err != nil {
 		return Compiled{}, fmt.Errorf("%w: %w", ErrInvalidRule, err)
 	}
-	return Compiled{Task: r.Task, Conditions: raw, Text: format(r.Task, r.Hold, stored), Hold: r.Hold}, nil
+	return Compiled{Task: r.Task, Conditions: raw, Path: jsonPath(stored), Text: format(r.Task, r.Hold, stored), Hold: r.Hold}, nil
+}
+
+// jsonPath renders conditions as a strict SQL/JSON path filter. Each
+// comparison is guarded by the argument's JSON type, so a value of another
+// type, like an absent parameter, never matches.
+func jsonPath(conds []storedCondition) string {
+	if len(conds) == 0 {
+		return "strict $"
+	}
+	var b strings.Builder
+	b.WriteString("strict $ ? (")
+	for i, c := range conds {
+		if i > 0 {
+			b.WriteString(" && ")
+		}
+		key, _ := json.Marshal(c.Param) // a JSON string is a valid path key literal
+		arg := "@." + string(key)
+		var v any
+		_ = json.Unmarshal(c.Value, &v)
+		b.WriteString("(" + arg + ".type() == \"" + jsonType(v) + "\"")
+		if c.Op == Between {
+			var pair []json.RawMessage
+			_ = json.Unmarshal(c.Value, &pair)
+			b.WriteString(" && " + arg + " >= " + string(pair[0]) + " && " + arg + " <= " + string(pair[1]))
+		} else {
+			b.WriteString(" && " + arg + " " + string(c.Op) + " " + string(c.Value))
+		}
+		b.WriteString(")")
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// jsonType names the JSON type of a decoded value as SQL/JSON's type()
+// does; for a between pair, the type of its elements.
+func jsonType(v any) string {
+	switch x := v.(type) {
+	case string:
+		return "string"
+	case float64:
+		return "number"
+	case bool:
+		return "boolean"
+	case nil:
+		return "null"
+	case []any:
+		if len(x) > 0 {
+			return jsonType(x[0])
+		}
+	}
+	return "unknown"
 }
 
 func checkName(what, s string) error {
@@ -192,6 +248,18 @@ func (c Condition) compile() (storedCondition, error) {
 	if n, ok := v.(json.Number); ok {
 		if f, err := n.Float64(); err != nil || math.IsInf(f, 0) {
 			return storedCondition{}, fmt.Errorf("%w: value of %s is not a finite number", ErrInvalidRule, c.Param)
+		}
+	}
+	switch v.(type) {
+	case []any:
+		if op != Between {
+			return storedCondition{}, fmt.Errorf("%w: value of %s: strike values are strings, numbers, booleans or null, not arrays", ErrInvalidRule, c.Param)
+		}
+	case map[string]any:
+		return storedCondition{}, fmt.Errorf("%w: value of %s: strike values are strings, numbers, booleans or null, not objects", ErrInvalidRule, c.Param)
+	case bool, nil:
+		if op != Eq && op != Ne {
+			return storedCondition{}, fmt.Errorf("%w: %s %s: booleans and null compare only with == and !=", ErrInvalidRule, c.Param, op)
 		}
 	}
 	if op == Between {

@@ -52,6 +52,10 @@ func TestInvalidRules(t *testing.T) {
 		"infinite":            {Task: "t", Param: "a", Value: math.Inf(1)},
 		"condition no param":  {Task: "t", And: []strike.Condition{{Op: strike.Eq, Value: 1}}},
 		"control character":   {Task: "t\n"},
+		"array value":         {Task: "t", Param: "a", Value: []int{1}},
+		"object value":        {Task: "t", Param: "a", Value: map[string]int{"k": 1}},
+		"ordered boolean":     {Task: "t", Param: "a", Op: strike.Gt, Value: false},
+		"ordered null":        {Task: "t", Param: "a", Op: strike.Lt, Value: nil},
 	}
 	for name, r := range bad {
 		_, err := r.Compile()
