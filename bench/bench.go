@@ -60,7 +60,7 @@ func (b *bench) all(ctx context.Context) error {
 			if len(o.concurrency) > 1 {
 				label = fmt.Sprintf("burn-c%d", c)
 			}
-			r, err := b.shadowsBurn(ctx, label, c, false)
+			r, err := b.shadowsBurn(ctx, burnScenario{label: label}, c)
 			if err != nil {
 				return err
 			}
@@ -73,7 +73,7 @@ func (b *bench) all(ctx context.Context) error {
 		}
 	}
 	if o.phases["burn_nottl"] {
-		if nottl, err = b.shadowsBurn(ctx, "burn_nottl", best, true); err != nil {
+		if nottl, err = b.shadowsBurn(ctx, burnScenario{label: "burn_nottl", noTTL: true}, best); err != nil {
 			return err
 		}
 	}
@@ -91,6 +91,41 @@ func (b *bench) all(ctx context.Context) error {
 			return err
 		}
 		if lat, err = b.shadowsLatency(ctx); err != nil {
+			return err
+		}
+	}
+
+	var crowd, strikes, limits burnResult
+	if o.phases["crowded"] || o.phases["strikes"] {
+		if burn.rate == 0 {
+			if burn, err = b.shadowsBurn(ctx, burnScenario{label: "burn"}, best); err != nil {
+				return err
+			}
+		}
+	}
+	if o.phases["crowded"] {
+		if crowd, err = b.shadowsBurn(ctx, crowded(), best); err != nil {
+			return err
+		}
+	}
+	if o.phases["strikes"] {
+		if strikes, err = b.shadowsBurn(ctx, strikes100(), best); err != nil {
+			return err
+		}
+	}
+	if o.phases["limits"] {
+		if floorBurn.rate == 0 {
+			if floorBurn, err = b.floor.run(ctx, o.url, b.floorTimeout(), "-mode", "burn", "-n", n); err != nil {
+				return err
+			}
+		}
+		if limits, err = b.shadowsBurn(ctx, limited(), best); err != nil {
+			return err
+		}
+	}
+	var waitXact, waitCPU float64
+	if o.phases["waiting"] {
+		if waitXact, waitCPU, err = b.waiting(ctx, 10*time.Second); err != nil {
 			return err
 		}
 	}
@@ -130,6 +165,18 @@ func (b *bench) all(ctx context.Context) error {
 	if o.phases["burn_nottl"] {
 		logf("burn_nottl ratio=%s shadows=%.0f pgfloor=%.0f", ratio(nottl.rate, floorBurn.rate), nottl.rate, floorBurn.rate)
 	}
+	if o.phases["crowded"] {
+		logf("crowded ratio=%s shadows=%.0f clean=%.0f", ratio(crowd.rate, burn.rate), crowd.rate, burn.rate)
+	}
+	if o.phases["strikes"] {
+		logf("strikes ratio=%s shadows=%.0f clean=%.0f", ratio(strikes.rate, burn.rate), strikes.rate, burn.rate)
+	}
+	if o.phases["limits"] {
+		logf("limits ratio=%s shadows=%.0f pgfloor=%.0f", ratio(limits.rate, floorBurn.rate), limits.rate, floorBurn.rate)
+	}
+	if o.phases["waiting"] {
+		logf("waiting xact_per_s=%.1f db_cpu_pct=%.1f", waitXact, waitCPU)
+	}
 	return nil
 }
 
@@ -142,7 +189,7 @@ func (b *bench) sweep(ctx context.Context) error {
 	}
 	var lines []string
 	for _, c := range b.o.sweep {
-		r, err := b.shadowsBurn(ctx, fmt.Sprintf("sweep-%d", c), c, false)
+		r, err := b.shadowsBurn(ctx, burnScenario{label: fmt.Sprintf("sweep-%d", c)}, c)
 		if err != nil {
 			return err
 		}
@@ -159,9 +206,10 @@ func (b *bench) sweep(ctx context.Context) error {
 // shadowsBurn adds o.n tasks with one AddMany (timed: the addmany measure),
 // then has a worker child process burn them down (timed: the burn measure),
 // and prints the table statistics of the burn.
-func (b *bench) shadowsBurn(ctx context.Context, label string, concurrency int, noTTL bool) (burnResult, error) {
+func (b *bench) shadowsBurn(ctx context.Context, sc burnScenario, concurrency int) (burnResult, error) {
 	var r burnResult
 	o := b.o
+	label, noTTL := sc.label, sc.noTTL
 	name := queueName(label)
 	defer func() {
 		if err := cleanup(ctx, b.o.url, name); err != nil {
@@ -187,9 +235,20 @@ func (b *bench) shadowsBurn(ctx context.Context, label string, concurrency int, 
 		producer.Close()
 		return r, err
 	}
+	if sc.prepare != nil {
+		t0 := time.Now()
+		if err := sc.prepare(pctx, q); err != nil {
+			producer.Close()
+			return r, fmt.Errorf("%s: prepare: %w", label, err)
+		}
+		logf("  %s: prepared (%s) in %.2fs", label, sc.describe, time.Since(t0).Seconds())
+	}
 	entries := make([]queue.Entry, o.n)
 	for i := range entries {
 		entries[i].Args = benchArgs{OrderID: 12345, CustomerID: "c-1"}
+		if sc.customers > 0 {
+			entries[i].Args = benchArgs{OrderID: 12345, CustomerID: fmt.Sprint("c-", i%sc.customers)}
+		}
 	}
 	t0 := time.Now()
 	_, err = q.AddMany(pctx, entries)
@@ -216,7 +275,7 @@ func (b *bench) shadowsBurn(ctx context.Context, label string, concurrency int, 
 	// the child itself and, a little later, by killing it).
 	res, err := runChild(ctx, o.url, childParams{
 		Mode: "burn", Queue: name, N: o.n, Concurrency: concurrency, PoolConns: int32(o.poolConns),
-		NoTTL: noTTL, Timeout: o.phaseTimeout, Logs: o.verboseWorker,
+		NoTTL: noTTL, Timeout: o.phaseTimeout, Logs: o.verboseWorker, LimitMax: sc.limitMax,
 	})
 	if err != nil {
 		return r, fmt.Errorf("%s: %w", label, err)

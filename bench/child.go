@@ -55,6 +55,7 @@ type childParams struct {
 	Rate        int           // latency: adds per second
 	Timeout     time.Duration // the child's own deadline
 	Logs        bool          // worker warnings to stderr
+	LimitMax    int           // limit customer_id to this many at once (0: no limit)
 }
 
 type childResult struct {
@@ -151,6 +152,8 @@ func childMain() int {
 		res, err = childContinuous(ctx, url, p)
 	case "latency":
 		res, err = childLatency(ctx, url, p)
+	case "hold":
+		res, err = childHold(ctx, url, p)
 	default:
 		err = fmt.Errorf("unknown mode %q", p.Mode)
 	}
@@ -190,7 +193,11 @@ func startWorker(ctx context.Context, url string, p childParams, handler worker.
 		return time.Time{}, nil, err
 	}
 	reg := worker.NewRegistry()
-	worker.MustRegister(reg, handler, worker.Policy{})
+	var policy worker.Policy
+	if p.LimitMax > 0 {
+		policy.Concurrency = []worker.ConcurrencyLimit{{Arg: "customer_id", Max: p.LimitMax}}
+	}
+	worker.MustRegister(reg, handler, policy)
 	w, err := worker.New(pool, reg, worker.Config{Queue: p.queueConfig(), Concurrency: p.Concurrency, Logger: p.logger()})
 	if err != nil {
 		pool.Close()
@@ -266,11 +273,15 @@ func childBurn(ctx context.Context, url string, p childParams) (childResult, err
 	return res, nil
 }
 
-// liveTasks reports whether any task of the queue is scheduled or running,
-// through the partial indexes of those states.
+// liveTasks reports whether any task of the queue is due, waiting for a
+// concurrency slot or running, through the partial indexes of those states.
+// Future tasks and tasks a hold strike keeps are not counted: scenarios
+// leave them in the table on purpose.
 func liveTasks(ctx context.Context, conn *pgx.Conn, queueName string) (bool, error) {
 	var live bool
-	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shadows.tasks WHERE queue = $1 AND state = 'scheduled')
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM shadows.tasks WHERE queue = $1 AND state = 'scheduled'
+		    AND NOT held AND waiting_on IS NULL AND run_at <= now())
+		OR EXISTS (SELECT 1 FROM shadows.tasks WHERE queue = $1 AND state = 'scheduled' AND waiting_on IS NOT NULL)
 		OR EXISTS (SELECT 1 FROM shadows.tasks WHERE queue = $1 AND state = 'running')`, queueName).Scan(&live)
 	return live, err
 }
@@ -458,4 +469,53 @@ func vmHWM() int64 {
 		}
 	}
 	return 0
+}
+
+// childHold adds one task that holds the only slot of customer "one" and
+// p.N tasks that wait on it, then keeps the worker running for p.Duration.
+func childHold(ctx context.Context, url string, p childParams) (childResult, error) {
+	var res childResult
+	pool, err := openPool(ctx, url, 2)
+	if err != nil {
+		return res, err
+	}
+	defer pool.Close()
+	q, err := queue.New(pool, p.queueConfig())
+	if err != nil {
+		return res, err
+	}
+	_, stop, err := startWorker(ctx, url, p, func(ctx context.Context, t *worker.Task[benchArgs]) error {
+		if t.Args.Seq == -1 {
+			<-ctx.Done() // the holder: runs until the worker's tasks are cancelled
+		}
+		return nil
+	})
+	if err != nil {
+		return res, err
+	}
+	if _, err := q.Add(ctx, benchArgs{CustomerID: "one", Seq: -1}, &queue.AddOpts{Key: "holder"}); err != nil {
+		_, _ = stop()
+		return res, err
+	}
+	entries := make([]queue.Entry, p.N)
+	for i := range entries {
+		entries[i].Args = benchArgs{CustomerID: "one", Seq: i}
+		entries[i].When = time.Now().Add(10 * time.Millisecond) // after the holder
+	}
+	if _, err := q.AddMany(ctx, entries); err != nil {
+		_, _ = stop()
+		return res, err
+	}
+	select {
+	case <-time.After(p.Duration):
+	case <-ctx.Done():
+	}
+	// The holder never ends by itself: cancel it so the worker can drain.
+	if err := q.Cancel(context.WithoutCancel(ctx), "holder"); err != nil {
+		_, _ = stop()
+		return res, err
+	}
+	drain, err := stop()
+	res.Drain = drain.Seconds()
+	return res, err
 }

@@ -87,7 +87,7 @@ type options struct {
 	analyze       bool
 }
 
-const allPhases = "burn,burn_nottl,continuous,latency"
+const allPhases = "burn,burn_nottl,continuous,latency,crowded,strikes,limits,waiting"
 
 func main() {
 	if os.Getenv(childEnv) != "" {
@@ -102,7 +102,7 @@ func main() {
 	flag.IntVar(&o.latencyRate, "latency-rate", 50, "inserts per second in the latency measure")
 	flag.StringVar(&concurrency, "concurrency", defaultConcurrency, "worker Concurrency for burn and continuous; with several comma-separated values the burn runs at each and the fastest is used")
 	flag.IntVar(&o.poolConns, "pool-conns", 0, "MaxConns of the worker's pool (0: pgxpool's default, max(4, NumCPU))")
-	flag.StringVar(&phases, "phases", allPhases, "comma-separated measures to run: burn (also gives addmany and rss), burn_nottl, continuous, latency")
+	flag.StringVar(&phases, "phases", allPhases, "comma-separated measures to run: burn (also gives addmany and rss), burn_nottl, continuous, latency, crowded, strikes, limits, waiting")
 	flag.StringVar(&sweep, "sweep", "", "comma-separated concurrencies: only run the shadows burn at each and print its rate")
 	flag.StringVar(&o.pgfloor, "pgfloor", os.Getenv("PGFLOOR"), "pgfloor binary, or its source directory (default: ../shared/tools/pgfloor beside the repository root)")
 	flag.BoolVar(&o.floorKeep, "pgfloor-keep", true, "also run pgfloor burn -keep (completes by UPDATE, as shadows does with an ExecutionTTL) and print it")
@@ -302,8 +302,10 @@ func cleanup(ctx context.Context, url, queueName string) error {
 	if err != nil {
 		return fmt.Errorf("clean up queue %s: %w", queueName, err)
 	}
-	if _, err := conn.Exec(cctx, `DELETE FROM shadows.workers WHERE queue = $1`, queueName); err != nil {
-		return fmt.Errorf("clean up workers of queue %s: %w", queueName, err)
+	for _, table := range []string{"workers", "strikes", "slots"} {
+		if _, err := conn.Exec(cctx, `DELETE FROM shadows.`+table+` WHERE queue = $1`, queueName); err != nil {
+			return fmt.Errorf("clean up %s of queue %s: %w", table, queueName, err)
+		}
 	}
 	del := time.Since(t0)
 	t0 = time.Now()

@@ -15,7 +15,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/shadows-go/shadows/migrations"
 	"github.com/shadows-go/shadows/queue"
 	"github.com/shadows-go/shadows/worker"
 )
@@ -100,6 +102,7 @@ type app struct {
 	cfg   Config
 	url   string
 	queue string
+	tp    *sdktrace.TracerProvider // made by the first queueConfig when OTLP is configured
 }
 
 // usageError marks bad flags or arguments: Main prints it with a pointer
@@ -162,6 +165,9 @@ mm:ss and hh:mm:ss.`,
 		a.snapshotCommand(),
 		a.watchCommand(),
 		a.clearCommand(),
+		a.strikeCommand(),
+		a.restoreCommand(),
+		a.strikesCommand(),
 		a.tasksCommand(),
 		a.workersCommand(),
 		a.migrateCommand(),
@@ -177,6 +183,20 @@ mm:ss and hh:mm:ss.`,
 		}
 	}
 	quiet(root)
+	// Spans made by a command are sent before it returns.
+	var flushing func(*cobra.Command)
+	flushing = func(c *cobra.Command) {
+		if run := c.RunE; run != nil {
+			c.RunE = func(cmd *cobra.Command, argv []string) error {
+				defer a.flushTracing(cmd.ErrOrStderr())
+				return run(cmd, argv)
+			}
+		}
+		for _, sub := range c.Commands() {
+			flushing(sub)
+		}
+	}
+	flushing(root)
 	return root
 }
 
@@ -302,30 +322,60 @@ func (a *app) connect(ctx context.Context, purpose string, minConns int) (*pgxpo
 	return pool, nil
 }
 
-// queueConfig is the configuration of the queue that --queue names.
-func (a *app) queueConfig(logger *slog.Logger) queue.Config {
+// queueConfig is the configuration of the queue that --queue names, with
+// logger, and with the OTLP tracer provider when the environment asks for
+// one (whose warnings go to otelLogger, or to standard error when it is
+// nil). It checks the configuration, so that a bad --queue fails before
+// connecting.
+func (a *app) queueConfig(cmd *cobra.Command, logger, otelLogger *slog.Logger) (queue.Config, error) {
 	qc := a.cfg.Worker.Queue
 	qc.Name = a.queue
 	qc.Logger = logger
-	return qc
+	if err := qc.Validate(); err != nil {
+		return qc, usagef("--queue %q: %w", clean(a.queue), err)
+	}
+	tp, err := a.tracing(cmd.Context(), cmd.ErrOrStderr(), otelLogger)
+	if err != nil {
+		return qc, &usageError{err}
+	}
+	if tp != nil {
+		qc.TracerProvider = tp
+	}
+	return qc, nil
 }
 
-// openQueue connects, checks that the database is migrated and returns the
-// queue that --queue names. Close its pool when done.
+// openQueue checks --queue, connects, checks that the database is migrated
+// and returns the queue that --queue names. Close its pool when done.
 func (a *app) openQueue(cmd *cobra.Command, purpose string) (*queue.Queue, error) {
 	ctx := cmd.Context()
+	// The queue warns of what the commands report themselves, such as a
+	// struck add: only its errors are logged.
+	qc, err := a.queueConfig(cmd, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelError})), nil)
+	if err != nil {
+		return nil, err
+	}
 	pool, err := a.connect(ctx, purpose, 0)
 	if err != nil {
 		return nil, err
 	}
-	q, err := queue.New(pool, a.queueConfig(slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	q, err := queue.New(pool, qc)
 	if err != nil {
 		pool.Close()
-		return nil, usagef("--queue %q: %w", a.queue, err)
+		return nil, usagef("--queue %q: %w", clean(a.queue), err)
 	}
 	if err := a.checkSchema(ctx, pool); err != nil {
 		pool.Close()
 		return nil, err
 	}
 	return q, nil
+}
+
+// checkSchema fails, telling how to fix it, unless every migration this
+// program carries has been applied. It writes nothing and takes no lock.
+func (a *app) checkSchema(ctx context.Context, pool *pgxpool.Pool) error {
+	err := migrations.Check(ctx, pool)
+	if errors.Is(err, migrations.ErrNotMigrated) {
+		return fmt.Errorf("%w: run %q first", err, a.cfg.Name+" migrate up")
+	}
+	return err
 }

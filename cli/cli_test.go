@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -146,16 +148,158 @@ func TestLiveLogsChangesOnly(t *testing.T) {
 	require.Equal(t, "Key:      k\nState:    queued\nState:    running\nWorker:   w\n", b.String())
 }
 
-func TestRequiredVersions(t *testing.T) {
-	t.Parallel()
-	vs, err := requiredVersions()
-	require.NoError(t, err)
-	require.NotEmpty(t, vs)
-	require.Equal(t, int64(1), vs[0])
-}
-
 func TestVersionLine(t *testing.T) {
 	t.Parallel()
 	require.Regexp(t, `^shadows \S+$`, versionLine(Config{Name: "shadows"}))
 	require.Regexp(t, `^myapp 1\.2\.3 \(shadows \S+\)$`, versionLine(Config{Name: "myapp", Version: "1.2.3"}))
+}
+
+func TestParseValue(t *testing.T) {
+	t.Parallel()
+	good := map[string]any{
+		"int:42":        int64(42),
+		"int:-7":        int64(-7),
+		"INT: 5":        int64(5),
+		"float:3.5":     3.5,
+		"float:1e3":     1000.0,
+		"bool:true":     true,
+		"bool:False":    false,
+		"str:int:4":     "int:4",
+		"str:":          "",
+		"json:null":     json.RawMessage("null"),
+		"json:[1, 5]":   json.RawMessage("[1, 5]"),
+		"plain":         "plain",
+		"12:30":         "12:30",
+		"":              "",
+		"null":          "null",
+		"42":            "42",
+		"a b:c":         "a b:c",
+		":leading":      ":leading",
+		"9lives:x":      "9lives:x",
+		"-5":            "-5",
+		"json:\"text\"": json.RawMessage(`"text"`),
+	}
+	for in, want := range good {
+		got, err := parseValue(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	for in, msg := range map[string]string{
+		"int:abc":        `"abc" is not a whole number`,
+		"int:1.5":        `"1.5" is not a whole number`,
+		"int:":           `"" is not a whole number`,
+		"float:inf":      `"inf" is not a finite number`,
+		"float:x":        `"x" is not a finite number`,
+		"bool:1":         `"1" is not true or false`,
+		"json:{":         `"{" is not a JSON literal`,
+		"uuid:1":         `unknown type "uuid"`,
+		"decimal.Dec:1":  `unknown type "decimal.Dec"`,
+		"https://x.test": `unknown type "https"`,
+	} {
+		_, err := parseValue(in)
+		require.ErrorContains(t, err, msg, in)
+		require.True(t, isUsage(err), in)
+	}
+}
+
+func TestParseRule(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		args []string
+		hold bool
+		want string
+	}{
+		{[]string{"process_order"}, false, "process_order"},
+		{[]string{"process_order", "*"}, false, "process_order"},
+		{[]string{"process_order", ""}, true, "hold process_order"},
+		{[]string{"*", "customer_id", "==", "12345"}, false, `* customer_id == "12345"`},
+		{[]string{"", "amount", "GE", "float:2.5"}, false, `* amount >= 2.5`},
+		{[]string{"t", "a", "between", "int:1", "int:5"}, false, `t a between [1,5]`},
+		{[]string{"t", "a", "between", "json:[1,5]", "and", "b", "!=", "and"}, false, `t a between [1,5] and b != "and"`},
+		{[]string{"t", "a", "Between", "a", "m"}, false, `t a between ["a","m"]`},
+		{[]string{"t", "a", "lt", "int:1", "and", "b", "le", "int:2", "and", "c", "ne", "bool:false"}, false, `t a < 1 and b <= 2 and c != false`},
+	} {
+		r, err := parseRule(c.args, c.hold)
+		require.NoError(t, err, c.args)
+		require.Equal(t, c.want, r.String(), c.args)
+	}
+	for _, c := range []struct {
+		args []string
+		msg  string
+	}{
+		{nil, "give a TASK"},
+		{[]string{"*"}, "give a TASK"},
+		{[]string{"", "*"}, "give a TASK"},
+		{[]string{"t", "a"}, `"a" lacks OPERATOR and VALUE`},
+		{[]string{"t", "a", "=="}, "a == lacks its VALUE"},
+		{[]string{"t", "a", "=", "1"}, `OPERATOR "=" is not one of`},
+		{[]string{"t", "a", "between", "int:1"}, "a between int:1 lacks HIGH"},
+		{[]string{"t", "a", "between", "int:1", "and", "b", "==", "1"}, "a between int:1 lacks HIGH"},
+		{[]string{"t", "a", "between", "json:[1]"}, "between needs two values"},
+		{[]string{"t", "a", "==", "1", "or", "b", "==", "2"}, `expected "and" before "or"`},
+		{[]string{"t", "a", "==", "1", "and"}, `nothing follows the last "and"`},
+		{[]string{"t", "*", "==", "1"}, `PARAMETER "*": a condition needs a parameter's name`},
+		{[]string{"t\x01"}, "invalid characters"},
+	} {
+		_, err := parseRule(c.args, false)
+		require.ErrorContains(t, err, c.msg, c.args)
+		require.True(t, isUsage(err), c.args)
+	}
+}
+
+func TestPortFlag(t *testing.T) {
+	t.Parallel()
+	var n int
+	v := portValue{&n}
+	require.NoError(t, v.Set("9090"))
+	require.Equal(t, "9090", v.String())
+	require.NoError(t, v.Set("0"))
+	for _, bad := range []string{"-1", "65536", "http", ""} {
+		require.ErrorContains(t, v.Set(bad), "is not a TCP port", bad)
+	}
+}
+
+func TestHealthHandler(t *testing.T) {
+	t.Parallel()
+	healthy := true
+	h := healthHandler(func() bool { return healthy })
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	require.Equal(t, 200, rec.Code)
+	require.Equal(t, "ok\n", rec.Body.String())
+	require.Equal(t, "text/plain; charset=utf-8", rec.Header().Get("Content-Type"))
+	healthy = false
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/healthz", nil))
+	require.Equal(t, 503, rec.Code)
+}
+
+func TestTracingWanted(t *testing.T) {
+	// Not parallel: it sets environment variables.
+	for _, c := range []struct {
+		env  map[string]string
+		want bool
+		err  string
+	}{
+		{map[string]string{}, false, ""},
+		{map[string]string{"OTEL_TRACES_EXPORTER": "zipkin"}, false, ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"}, true, ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4318/v1/traces", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, true, ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_SDK_DISABLED": "TRUE"}, false, ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "none"}, false, ""},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_TRACES_EXPORTER": "zipkin"}, false, `$OTEL_TRACES_EXPORTER "zipkin"`},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}, false, `$OTEL_EXPORTER_OTLP_PROTOCOL "grpc"`},
+		{map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}, true, ""},
+	} {
+		for _, k := range []string{"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"} {
+			t.Setenv(k, c.env[k])
+		}
+		got, err := tracingWanted()
+		if c.err != "" {
+			require.ErrorContains(t, err, c.err, c.env)
+			continue
+		}
+		require.NoError(t, err, c.env)
+		require.Equal(t, c.want, got, c.env)
+	}
 }

@@ -33,9 +33,9 @@ tasks waiting to run (earliest first). With --stats, also counts by task.`,
 			if err != nil {
 				return err
 			}
-			var st []taskStats
+			var st []queue.TaskStats
 			if stats {
-				if st, err = readTaskStats(ctx, q.Pool(), q.Name()); err != nil {
+				if st, err = q.TaskStats(ctx); err != nil {
 					return err
 				}
 			}
@@ -53,11 +53,18 @@ func plural(n int, one, many string) string {
 	return strconv.Itoa(n) + " " + many
 }
 
-func printSnapshot(w io.Writer, name string, s *queue.Snapshot, stats []taskStats, withStats bool) error {
+func printSnapshot(w io.Writer, name string, s *queue.Snapshot, stats []queue.TaskStats, withStats bool) error {
 	now := s.Taken
 	fmt.Fprintf(w, "Queue %q as of %s\n", clean(name), now.Local().Format("2006-01-02 15:04:05 -0700"))
-	fmt.Fprintf(w, "%s, %d/%d running (%d queued, %d scheduled)\n",
+	fmt.Fprintf(w, "%s, %d/%d running (%d queued, %d scheduled",
 		plural(len(s.Workers), "worker", "workers"), s.RunningCount, s.Total, s.Queued, s.FutureCount-s.Queued)
+	if s.Held > 0 {
+		fmt.Fprintf(w, "; %d held by strikes", s.Held)
+	}
+	if s.Waiting > 0 {
+		fmt.Fprintf(w, "; %d waiting for a concurrency slot", s.Waiting)
+	}
+	fmt.Fprintln(w, ")")
 	if s.Total == 0 {
 		fmt.Fprintln(w, "\nNo tasks.")
 	} else {
@@ -85,13 +92,11 @@ func printSnapshot(w io.Writer, name string, s *queue.Snapshot, stats []taskStat
 	fmt.Fprintln(w)
 	t := newTable(w, "TASK", "TOTAL", "RUNNING", "QUEUED", "SCHEDULED", "EARLIEST", "LATEST")
 	for _, st := range stats {
-		t.row(clean(st.Task), itoa(st.Total), itoa(st.Running), itoa(st.Queued), itoa(st.Scheduled),
+		t.row(clean(st.Task), strconv.Itoa(st.Total), strconv.Itoa(st.Running), strconv.Itoa(st.Queued), strconv.Itoa(st.Scheduled),
 			relative(st.Oldest, now), relative(st.Newest, now))
 	}
 	return t.flush()
 }
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 func (a *app) clearCommand() *cobra.Command {
 	return &cobra.Command{

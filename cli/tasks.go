@@ -86,7 +86,9 @@ func (a *app) addCommand(use, short string, build func([]string) (queue.Args, er
 			case queue.DispositionAlreadyScheduled:
 				fmt.Fprintf(out, "Task %q is already %s in queue %q: nothing added\n", clean(ex.Key), ex.State, clean(q.Name()))
 				return nil
-			default: // kept out, by a strike for instance
+			case queue.DispositionStruck:
+				return fmt.Errorf("%s task %q was not added to queue %q: struck by %s", clean(ex.Task), clean(ex.Key), clean(q.Name()), clean(ex.StruckBy))
+			default:
 				return fmt.Errorf("%s task %q was not added to queue %q: %s", clean(ex.Task), clean(ex.Key), clean(q.Name()), ex.Disposition)
 			}
 		},

@@ -109,6 +109,12 @@ func watchFields(ex *queue.Execution, readErr error, live bool, now time.Time) [
 	case queue.StateRunning:
 		state += ", started " + at(ex.StartedAt)
 	}
+	if ex.Held {
+		state += ", held by a strike"
+	}
+	if ex.WaitingOn != "" {
+		state += ", waiting for a slot of " + clean(ex.WaitingOn)
+	}
 	if ex.Attempt > 1 {
 		state += fmt.Sprintf(" (attempt %d)", ex.Attempt)
 	}

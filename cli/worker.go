@@ -1,15 +1,18 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/shadows-go/shadows/queue"
 	"github.com/shadows-go/shadows/worker"
 )
 
@@ -19,6 +22,8 @@ type workerFlags struct {
 	untilFinished bool
 	logLevel      string
 	logFormat     string
+	metricsPort   int
+	healthPort    int
 }
 
 func (a *app) workerCommand() *cobra.Command {
@@ -42,6 +47,12 @@ func (a *app) workerCommand() *cobra.Command {
 		Short: "Run a worker: claim the queue's tasks and run them",
 		Long: `Run a worker on the queue: it claims due tasks and runs them with the
 handlers of this program, logging each task as it starts and ends.
+
+With --metrics-port it serves its metrics (and Go's and the process's) for
+Prometheus at /metrics; with --healthcheck-port it answers GET / and
+/healthz with 200 "ok" while its claim loop runs and it reached the database
+within the last two heartbeats, and 503 otherwise. Both listen on every
+interface (":PORT"); the same port may serve both.
 
 SIGINT or SIGTERM stops the worker gracefully: it claims nothing more, lets
 the running tasks finish and record their outcome, and exits 0. A second
@@ -79,9 +90,12 @@ Tasks: ` + strings.Join(a.cfg.Registry.Names(), ", ") + `.`,
 	withEnv(fl, "log-level", "SHADOWS_LOG_LEVEL")
 	enumFlag(cmd, &f.logFormat, "log-format", "text", "format of the logs on standard error", "text", "json")
 	withEnv(fl, "log-format", "SHADOWS_LOG_FORMAT")
-	// Later: --metrics-port and --healthcheck-port (SHADOWS_WORKER_METRICS_PORT,
-	// SHADOWS_WORKER_HEALTHCHECK_PORT) belong here, served for the time of
-	// runWorker.
+	fl.Var(portValue{&f.metricsPort}, "metrics-port",
+		"serve Prometheus metrics at http://HOST:PORT/metrics, listening on every interface (0: none)")
+	withEnv(fl, "metrics-port", "SHADOWS_WORKER_METRICS_PORT")
+	fl.Var(portValue{&f.healthPort}, "healthcheck-port",
+		"answer GET / and /healthz on PORT, listening on every interface: 200 while the worker claims tasks and reaches the database, else 503 (0: none)")
+	withEnv(fl, "healthcheck-port", "SHADOWS_WORKER_HEALTHCHECK_PORT")
 	return cmd
 }
 
@@ -102,7 +116,31 @@ func (a *app) runWorker(cmd *cobra.Command, f *workerFlags) error {
 	logger := newLogger(cmd.ErrOrStderr(), f.logLevel, f.logFormat)
 	cfg := f.cfg
 	cfg.Logger = logger
-	cfg.Queue = a.queueConfig(logger)
+	qc, err := a.queueConfig(cmd, logger, logger)
+	if err != nil {
+		return err
+	}
+	cfg.Queue = qc
+	if cfg.Name != "" {
+		if err := queue.ValidName(cfg.Name); err != nil {
+			return usagef("--name %q: %w", clean(cfg.Name), err)
+		}
+	}
+
+	var metrics http.Handler
+	if f.metricsPort > 0 {
+		mp, handler, err := newMetrics(ctx, a.cfg.Name)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			defer cancel()
+			_ = mp.Shutdown(ctx)
+		}()
+		cfg.Queue.MeterProvider = mp
+		metrics = handler
+	}
 
 	// A connection for each running task, whose handler may use the
 	// database, and a few for claims, outcomes, leases and heartbeats.
@@ -118,6 +156,13 @@ func (a *app) runWorker(cmd *cobra.Command, f *workerFlags) error {
 	if err := a.checkSchema(ctx, pool); err != nil {
 		return err
 	}
+
+	ep := &endpoints{logger: logger}
+	defer ep.close() // after the worker has stopped
+	if err := a.serveEndpoints(ep, f, metrics, w.Healthy); err != nil {
+		return err
+	}
+
 	logger.Info("worker starting",
 		"queue", w.Queue().Name(), "worker", w.Name(), "concurrency", cfg.Concurrency,
 		"tasks", a.cfg.Registry.Names(), "until_finished", f.untilFinished)
@@ -142,5 +187,46 @@ func (a *app) runWorker(cmd *cobra.Command, f *workerFlags) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 	logger.Info("worker stopped", "queue", w.Queue().Name(), "worker", w.Name())
+	return nil
+}
+
+// serveEndpoints starts the servers of --metrics-port and
+// --healthcheck-port, one server when both name the same port.
+func (a *app) serveEndpoints(ep *endpoints, f *workerFlags, metrics http.Handler, healthy func() bool) error {
+	type server struct {
+		flag  string
+		port  int
+		mux   *http.ServeMux
+		paths []string
+	}
+	var servers []*server
+	at := func(flag string, port int) *server {
+		for _, s := range servers {
+			if s.port == port {
+				return s
+			}
+		}
+		s := &server{flag: flag, port: port, mux: http.NewServeMux()}
+		servers = append(servers, s)
+		return s
+	}
+	if metrics != nil {
+		s := at("metrics-port", f.metricsPort)
+		s.mux.Handle("GET /metrics", metrics)
+		s.paths = append(s.paths, "/metrics")
+	}
+	if f.healthPort > 0 {
+		s := at("healthcheck-port", f.healthPort)
+		h := healthHandler(healthy)
+		s.mux.Handle("GET /{$}", h)
+		s.mux.Handle("GET /healthz", h)
+		s.paths = append(s.paths, "/", "/healthz")
+	}
+	for _, s := range servers {
+		if err := ep.serve(s.flag, s.port, s.mux); err != nil {
+			return err
+		}
+		ep.logger.Info("serving HTTP", "port", s.port, "paths", s.paths)
+	}
 	return nil
 }

@@ -41,121 +41,169 @@ JOIN shadows.tasks t ON t.queue = s.queue AND t.key = s.task_key AND t.generatio
 WHERE t.state = 'running' AND t.lease_expires_at > now()
 GROUP BY s.queue, s.limit_key;
 
--- Live holders of one key, other than the task asking.
+-- Wakes, on keys whose locks the caller holds, as many waiting tasks as
+-- each key has free slots, oldest first, and returns how many it woke.
 -- +goose StatementBegin
-CREATE FUNCTION shadows.slot_holders(p_queue text, p_key text, p_except text) RETURNS bigint
-LANGUAGE sql STABLE AS $$
-SELECT count(*)
-FROM shadows.slots s
-JOIN shadows.tasks t ON t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
-WHERE s.queue = p_queue AND s.limit_key = p_key AND s.task_key <> p_except
-  AND t.state = 'running' AND t.lease_expires_at > now()
-$$;
--- +goose StatementEnd
-
--- Wakes, oldest first, as many tasks waiting on p_key as it has free slots,
--- and returns how many it woke. The caller holds the key's lock.
--- +goose StatementBegin
-CREATE FUNCTION shadows.wake_key(p_queue text, p_key text) RETURNS integer
+CREATE FUNCTION shadows.wake_keys(p_queue text, p_keys text[]) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_max  integer;
-    v_free bigint;
     v_woke integer;
 BEGIN
-    SELECT max(m) INTO v_max FROM (
-        SELECT max(max_slots) AS m FROM shadows.slots WHERE queue = p_queue AND limit_key = p_key
-        UNION ALL
-        SELECT max(waiting_max) FROM shadows.tasks
-        WHERE queue = p_queue AND waiting_on = p_key AND state = 'scheduled'
-    ) AS maxes;
-    IF v_max IS NULL THEN
-        RETURN 0;
-    END IF;
-    v_free := v_max - shadows.slot_holders(p_queue, p_key, '');
-    IF v_free <= 0 THEN
-        RETURN 0;
-    END IF;
-    UPDATE shadows.tasks SET waiting_on = NULL, waiting_max = NULL
-    WHERE queue = p_queue AND key IN (
-        SELECT key FROM shadows.tasks
-        WHERE queue = p_queue AND waiting_on = p_key AND state = 'scheduled'
-        ORDER BY seq
-        LIMIT v_free
-    );
+    WITH maxes AS (
+        SELECT k, greatest(
+            (SELECT max(s.max_slots) FROM shadows.slots s WHERE s.queue = p_queue AND s.limit_key = k),
+            (SELECT max(w.waiting_max) FROM shadows.tasks w
+             WHERE w.queue = p_queue AND w.waiting_on = k AND w.state = 'scheduled')) AS m
+        FROM unnest(p_keys) AS k
+    ), free AS (
+        SELECT k, m - (
+            SELECT count(*) FROM shadows.slots s
+            JOIN shadows.tasks t ON t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+            WHERE s.queue = p_queue AND s.limit_key = k AND t.state = 'running' AND t.lease_expires_at > now()
+        ) AS n
+        FROM maxes WHERE m IS NOT NULL
+    ), chosen AS (
+        SELECT w.key FROM free f CROSS JOIN LATERAL (
+            SELECT key FROM shadows.tasks
+            WHERE queue = p_queue AND waiting_on = f.k AND state = 'scheduled'
+            ORDER BY seq
+            LIMIT greatest(f.n, 0)
+        ) AS w
+    )
+    UPDATE shadows.tasks t SET waiting_on = NULL, waiting_max = NULL
+    FROM chosen WHERE t.queue = p_queue AND t.key = chosen.key;
     GET DIAGNOSTICS v_woke = ROW_COUNT;
+    IF v_woke > 0 THEN
+        PERFORM pg_notify('shadows_ready', p_queue);
+    END IF;
     RETURN v_woke;
 END
 $$;
 -- +goose StatementEnd
 
--- Takes slots for claimed (running) tasks, in the order they were due. Each row of
--- the input is one limit of one task: p_tasks[i] (claimed at generation
--- p_generations[i]) needs a slot of p_keys[i], of which at most p_maxes[i]
--- may be held. A task gets all of its slots or none: if any of its keys is
--- full, or older tasks already wait on it, the task is parked on that key
--- (back to scheduled, the claim undone, no attempt spent) and its key is
--- returned. Keys are locked in sorted order, so concurrent callers never
--- deadlock.
+-- Locks the given limit keys, in sorted order so that concurrent callers
+-- never deadlock, for the rest of the transaction.
+-- +goose StatementBegin
+CREATE FUNCTION shadows.lock_keys(p_queue text, p_keys text[]) RETURNS void
+LANGUAGE sql AS $$
+SELECT count(pg_advisory_xact_lock(hashtextextended(p_queue || '/' || k, 0)))
+FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k ORDER BY 1) AS keys;
+$$;
+-- +goose StatementEnd
+
+-- Takes slots for claimed (running) tasks. Each row of the input is one
+-- limit of one task: p_tasks[i] (claimed at generation p_generations[i])
+-- needs a slot of p_keys[i], of which at most p_maxes[i] may be held. Tasks
+-- are served in the order they were due; a task gets all of its slots or
+-- none: if any of its keys is full, or older tasks already wait on it, the
+-- task is parked on that key (back to scheduled, the claim undone, no
+-- attempt spent) and returned. The whole batch is decided with a handful of
+-- statements, whatever its size.
 -- +goose StatementBegin
 CREATE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
                                       p_keys text[], p_maxes integer[])
 RETURNS TABLE (parked_key text, parked_on text)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_key     text;
-    v_task    text;
+    v_used    jsonb;   -- key → slots in use, counting those granted here
+    v_first   jsonb;   -- key → seq of the oldest task waiting on it
+    r         record;
+    v_cur     text;
     v_seq     bigint;
+    v_keys    text[] := '{}';
+    v_maxes   integer[] := '{}';
+    v_gen     bigint;
     v_blocked text;
-    v_max     integer;
+    v_bmax    integer;
+    g_tasks   text[] := '{}';
+    g_gens    bigint[] := '{}';
+    g_keys    text[] := '{}';
+    g_maxes   integer[] := '{}';
+    p_t       text[] := '{}';
+    p_k       text[] := '{}';
+    p_m       integer[] := '{}';
+    i         integer;
 BEGIN
-    FOR v_key IN SELECT DISTINCT k FROM unnest(p_keys) AS k ORDER BY 1 LOOP
-        PERFORM pg_advisory_xact_lock(hashtextextended(p_queue || '/' || v_key, 0));
-    END LOOP;
-    -- First come, first served: tasks in the order they were due.
-    FOR v_task, v_seq IN
-        SELECT key, seq FROM shadows.tasks
-        WHERE queue = p_queue AND key = ANY (p_tasks)
-        ORDER BY run_at, seq
+    PERFORM shadows.lock_keys(p_queue, p_keys);
+    -- Live holders per key, other than the asking tasks: a redelivered task
+    -- keeps the slot it had.
+    SELECT coalesce(jsonb_object_agg(h.limit_key, h.n), '{}') INTO v_used FROM (
+        SELECT s.limit_key, count(*) AS n FROM shadows.slots s
+        JOIN shadows.tasks t ON t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+        WHERE s.queue = p_queue AND s.limit_key = ANY (p_keys) AND s.task_key <> ALL (p_tasks)
+          AND t.state = 'running' AND t.lease_expires_at > now()
+        GROUP BY s.limit_key) AS h;
+    SELECT coalesce(jsonb_object_agg(w.waiting_on, w.s), '{}') INTO v_first FROM (
+        SELECT waiting_on, min(seq) AS s FROM shadows.tasks
+        WHERE queue = p_queue AND state = 'scheduled' AND waiting_on = ANY (p_keys)
+        GROUP BY waiting_on) AS w;
+
+    -- One pass over the limits, task by task in due order; a task is
+    -- decided when its last limit has been read (the NULL row at the end
+    -- closes the last one).
+    FOR r IN
+        SELECT u.t, u.g, u.k, u.m, tk.seq, tk.run_at FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
+        JOIN shadows.tasks tk ON tk.queue = p_queue AND tk.key = u.t
+        UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, 'infinity'
+        ORDER BY run_at, seq NULLS LAST, t, k
     LOOP
-        v_blocked := NULL;
-        FOR v_key, v_max IN
-            SELECT k, m FROM unnest(p_tasks, p_keys, p_maxes) AS u(t, k, m) WHERE t = v_task ORDER BY k
-        LOOP
-            IF shadows.slot_holders(p_queue, v_key, v_task) >= v_max
-               OR EXISTS (SELECT 1 FROM shadows.tasks
-                          WHERE queue = p_queue AND waiting_on = v_key AND state = 'scheduled' AND seq < v_seq)
-            THEN
-                v_blocked := v_key;
-                EXIT;
+        IF v_cur IS NOT NULL AND r.t IS DISTINCT FROM v_cur THEN
+            v_blocked := NULL;
+            FOR i IN 1 .. array_length(v_keys, 1) LOOP
+                IF coalesce((v_used ->> v_keys[i])::integer, 0) >= v_maxes[i]
+                   OR coalesce((v_first ->> v_keys[i])::bigint, v_seq) < v_seq THEN
+                    v_blocked := v_keys[i];
+                    v_bmax := v_maxes[i];
+                    EXIT;
+                END IF;
+            END LOOP;
+            IF v_blocked IS NULL THEN
+                FOR i IN 1 .. array_length(v_keys, 1) LOOP
+                    v_used := jsonb_set(v_used, ARRAY[v_keys[i]],
+                                        to_jsonb(coalesce((v_used ->> v_keys[i])::integer, 0) + 1));
+                    g_tasks := g_tasks || v_cur;
+                    g_gens := g_gens || v_gen;
+                    g_keys := g_keys || v_keys[i];
+                    g_maxes := g_maxes || v_maxes[i];
+                END LOOP;
+            ELSE
+                p_t := p_t || v_cur;
+                p_k := p_k || v_blocked;
+                p_m := p_m || v_bmax;
+                -- Later tasks on this key queue behind it.
+                IF NOT v_first ? v_blocked THEN
+                    v_first := jsonb_set(v_first, ARRAY[v_blocked], to_jsonb(v_seq));
+                END IF;
             END IF;
-        END LOOP;
-        IF v_blocked IS NULL THEN
-            INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots)
-            SELECT p_queue, k, v_task, g, m
-            FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m) WHERE t = v_task
-            ON CONFLICT (queue, limit_key, task_key) DO UPDATE
-            SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now();
-        ELSE
-            SELECT m INTO v_max FROM unnest(p_tasks, p_keys, p_maxes) AS u(t, k, m)
-            WHERE t = v_task AND k = v_blocked;
-            UPDATE shadows.tasks
-            SET state = 'scheduled', waiting_on = v_blocked, waiting_max = v_max,
-                worker = NULL, started_at = NULL, lease_expires_at = NULL,
-                deliveries = greatest(deliveries - 1, 0)
-            WHERE queue = p_queue AND key = v_task AND state = 'running';
-            parked_key := v_task;
-            parked_on := v_blocked;
-            RETURN NEXT;
+            v_keys := '{}';
+            v_maxes := '{}';
         END IF;
+        EXIT WHEN r.t IS NULL;
+        v_cur := r.t;
+        v_seq := r.seq;
+        v_gen := r.g;
+        v_keys := v_keys || r.k;
+        v_maxes := v_maxes || r.m;
     END LOOP;
+
+    INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots)
+    SELECT p_queue, u.k, u.t, u.g, u.m FROM unnest(g_tasks, g_gens, g_keys, g_maxes) AS u(t, g, k, m)
+    ON CONFLICT (queue, limit_key, task_key) DO UPDATE
+    SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now();
+
+    UPDATE shadows.tasks t
+    SET state = 'scheduled', waiting_on = u.k, waiting_max = u.m,
+        worker = NULL, started_at = NULL, lease_expires_at = NULL,
+        deliveries = greatest(t.deliveries - 1, 0)
+    FROM unnest(p_t, p_k, p_m) AS u(t, k, m)
+    WHERE t.queue = p_queue AND t.key = u.t AND t.state = 'running';
+
     -- Tasks parked behind older waiters while slots were free: wake those
     -- waiters rather than leave them to the backstop.
-    FOR v_key IN SELECT DISTINCT k FROM unnest(p_keys) AS k ORDER BY 1 LOOP
-        IF shadows.wake_key(p_queue, v_key) > 0 THEN
-            PERFORM pg_notify('shadows_ready', p_queue);
-        END IF;
-    END LOOP;
+    IF v_first <> '{}' THEN
+        PERFORM shadows.wake_keys(p_queue, ARRAY(SELECT jsonb_object_keys(v_first)));
+    END IF;
+    RETURN QUERY SELECT u.t, u.k FROM unnest(p_t, p_k) AS u(t, k);
 END
 $$;
 -- +goose StatementEnd
@@ -167,64 +215,54 @@ CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generation
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_key  text;
-    v_woke integer := 0;
+    v_keys    text[];
+    v_waiting text[];
 BEGIN
-    FOR v_key IN
-        SELECT DISTINCT s.limit_key FROM shadows.slots s
-        JOIN unnest(p_tasks, p_generations) AS u(t, g) ON s.task_key = u.t AND s.generation = u.g
-        WHERE s.queue = p_queue
-        ORDER BY 1
-    LOOP
-        PERFORM pg_advisory_xact_lock(hashtextextended(p_queue || '/' || v_key, 0));
-    END LOOP;
-    FOR v_key IN
-        WITH freed AS (
-            DELETE FROM shadows.slots s
-            USING unnest(p_tasks, p_generations) AS u(t, g)
-            WHERE s.queue = p_queue AND s.task_key = u.t AND s.generation = u.g
-            RETURNING s.limit_key
-        )
-        SELECT DISTINCT limit_key FROM freed ORDER BY 1
-    LOOP
-        v_woke := v_woke + shadows.wake_key(p_queue, v_key);
-    END LOOP;
-    IF v_woke > 0 THEN
-        PERFORM pg_notify('shadows_ready', p_queue);
+    -- Lock the keys first, as everything else that touches slots does, then
+    -- free the slots: a sweep deleting the same stale slots waits here
+    -- instead of deadlocking.
+    SELECT array_agg(DISTINCT s.limit_key) INTO v_keys FROM shadows.slots s
+    JOIN unnest(p_tasks, p_generations) AS u(t, g) ON s.task_key = u.t AND s.generation = u.g
+    WHERE s.queue = p_queue;
+    IF v_keys IS NULL THEN
+        RETURN 0;
     END IF;
-    RETURN v_woke;
+    PERFORM shadows.lock_keys(p_queue, v_keys);
+    DELETE FROM shadows.slots s
+    USING unnest(p_tasks, p_generations) AS u(t, g)
+    WHERE s.queue = p_queue AND s.task_key = u.t AND s.generation = u.g;
+    SELECT array_agg(DISTINCT waiting_on) INTO v_waiting FROM shadows.tasks
+    WHERE queue = p_queue AND state = 'scheduled' AND waiting_on = ANY (v_keys);
+    IF v_waiting IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN shadows.wake_keys(p_queue, v_waiting);
 END
 $$;
 -- +goose StatementEnd
 
 -- The backstop for waiters whose slots freed without a release: a holder
 -- whose worker died (its lease lapsed), or whose release was lost in a
--- crash. Wakes what capacity allows on every key with waiters, and drops
--- slots whose holder no longer runs.
+-- crash. Drops slots whose holder no longer runs and wakes what capacity
+-- allows on every key with waiters.
 -- +goose StatementBegin
 CREATE FUNCTION shadows.wake_waiters(p_queue text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_key  text;
-    v_woke integer := 0;
+    v_keys text[];
 BEGIN
-    FOR v_key IN
-        SELECT DISTINCT waiting_on FROM shadows.tasks
-        WHERE queue = p_queue AND state = 'scheduled' AND waiting_on IS NOT NULL
-        ORDER BY 1
-    LOOP
-        PERFORM pg_advisory_xact_lock(hashtextextended(p_queue || '/' || v_key, 0));
-        DELETE FROM shadows.slots s
-        WHERE s.queue = p_queue AND s.limit_key = v_key AND NOT EXISTS (
-            SELECT 1 FROM shadows.tasks t
-            WHERE t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
-              AND t.state = 'running');
-        v_woke := v_woke + shadows.wake_key(p_queue, v_key);
-    END LOOP;
-    IF v_woke > 0 THEN
-        PERFORM pg_notify('shadows_ready', p_queue);
+    SELECT array_agg(DISTINCT waiting_on) INTO v_keys FROM shadows.tasks
+    WHERE queue = p_queue AND state = 'scheduled' AND waiting_on IS NOT NULL;
+    IF v_keys IS NULL THEN
+        RETURN 0;
     END IF;
-    RETURN v_woke;
+    PERFORM shadows.lock_keys(p_queue, v_keys);
+    DELETE FROM shadows.slots s
+    WHERE s.queue = p_queue AND s.limit_key = ANY (v_keys) AND NOT EXISTS (
+        SELECT 1 FROM shadows.tasks t
+        WHERE t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+          AND t.state = 'running');
+    RETURN shadows.wake_keys(p_queue, v_keys);
 END
 $$;
 -- +goose StatementEnd
@@ -233,8 +271,8 @@ $$;
 DROP FUNCTION shadows.wake_waiters(text);
 DROP FUNCTION shadows.release_slots(text, text[], bigint[]);
 DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[]);
-DROP FUNCTION shadows.wake_key(text, text);
-DROP FUNCTION shadows.slot_holders(text, text, text);
+DROP FUNCTION shadows.lock_keys(text, text[]);
+DROP FUNCTION shadows.wake_keys(text, text[]);
 DROP VIEW shadows.concurrency;
 CREATE INDEX tasks_ready ON shadows.tasks (queue, run_at, seq) WHERE state = 'scheduled' AND NOT held;
 DROP INDEX shadows.tasks_claimable;

@@ -114,7 +114,7 @@ func TestConcurrencyLimitsHoldAcrossWorkers(t *testing.T) {
 	}
 	var slots int
 	require.NoError(t, b.pool.QueryRow(t.Context(), `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&slots))
-	require.Zero(t, slots, "every slot was released")
+	require.Zero(t, slots, "every slot was released\n%s", b.logs.String())
 }
 
 func TestWaitersStartInOrderAndCostNoAttempt(t *testing.T) {

@@ -165,8 +165,12 @@ func TestPerpetualTask(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	var l ledger
+	var whens []time.Time // due times, as the database set them
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Tick]) error {
 		n := l.add(fmt.Sprintf("%s:%d", task.Args.Label, task.Args.Step))
+		l.mu.Lock()
+		whens = append(whens, task.When)
+		l.mu.Unlock()
 		require.NotNil(t, task.Perpetual)
 		switch n {
 		case 2:
@@ -186,8 +190,11 @@ func TestPerpetualTask(t *testing.T) {
 
 	runs, notes := l.snapshot()
 	require.Equal(t, []string{"start:0", "start:0", "changed:1", "changed:1", "changed:1"}, notes)
-	for i := 1; i < len(runs); i++ {
-		require.GreaterOrEqual(t, runs[i].Sub(runs[i-1]), 90*time.Millisecond, "run %d came early", i)
+	// Each run is due Every after the previous one started, so due times
+	// are at least Every apart, and no run starts before it is due.
+	for i := 1; i < len(whens); i++ {
+		require.GreaterOrEqual(t, whens[i].Sub(whens[i-1]), 100*time.Millisecond, "run %d was due early", i)
+		require.False(t, runs[i].Before(whens[i].Add(-5*time.Millisecond)), "run %d started before it was due", i)
 	}
 	ex, err := b.q.Execution(t.Context(), "chain")
 	require.NoError(t, err)

@@ -102,17 +102,27 @@ func raceEnabled() bool {
 }
 
 // commandEnv is the environment of the command: this process's, without
-// the variables the command reads, so that only the tests set them.
+// the variables the command reads, so that only the tests set them. A
+// command built with -race exits without the race detector's default
+// pause of a second, which would make up most of the tests' time.
 func commandEnv(extra ...string) []string {
 	var env []string
+	gorace := "atexit_sleep_ms=0"
 	for _, kv := range os.Environ() {
-		name, _, _ := strings.Cut(kv, "=")
-		if name == "DATABASE_URL" || strings.HasPrefix(name, "SHADOWS_") || strings.HasPrefix(name, "PG") {
+		name, value, _ := strings.Cut(kv, "=")
+		switch {
+		case name == "DATABASE_URL" || strings.HasPrefix(name, "SHADOWS_") || strings.HasPrefix(name, "PG") || strings.HasPrefix(name, "OTEL_"):
+			continue
+		case name == "GORACE":
+			if !strings.Contains(value, "atexit_sleep_ms") {
+				value = strings.TrimSpace(value + " " + gorace)
+			}
+			gorace = value
 			continue
 		}
 		env = append(env, kv)
 	}
-	return append(env, extra...)
+	return append(append(env, "GORACE="+gorace), extra...)
 }
 
 // result is how a run of the command ended.
@@ -301,7 +311,7 @@ func TestHelp(t *testing.T) {
 	t.Parallel()
 	r := run(t, nil, "--help")
 	require.Equal(t, 0, r.code)
-	for _, sub := range []string{"worker", "snapshot", "watch", "clear", "tasks", "workers", "migrate", "version", "completion"} {
+	for _, sub := range []string{"worker", "snapshot", "watch", "clear", "strike", "restore", "strikes", "tasks", "workers", "migrate", "version", "completion"} {
 		require.Regexp(t, `(?m)^  `+sub+`\s`, r.stdout)
 	}
 	require.Contains(t, r.stdout, "--url string")
@@ -318,6 +328,8 @@ func TestHelp(t *testing.T) {
 		"--scheduling-resolution duration", "(default 10ms)",
 		"--no-automatic-tasks", "--until-finished", "--name string",
 		"--log-level debug|info|warn|error", "--log-format text|json",
+		"--metrics-port port", "[$SHADOWS_WORKER_METRICS_PORT]",
+		"--healthcheck-port port", "[$SHADOWS_WORKER_HEALTHCHECK_PORT]",
 		"--url string", "--queue string",
 	} {
 		require.Contains(t, r.stdout, flag)
@@ -374,10 +386,34 @@ func TestBadArguments(t *testing.T) {
 		{"unreachable database", nil, []string{"snapshot", "--url", unreachable}, 1, "cannot connect to the database: failed to connect to"},
 		{"unreachable database, worker", nil, []string{"worker", "--url", unreachable}, 1, "connect: connection refused"},
 		{"unreachable database from the environment", []string{"DATABASE_URL=" + unreachable}, []string{"clear"}, 1, "cannot connect to the database"},
-		{"unmigrated database", nil, []string{"snapshot", "--url", empty}, 1, `the database has no shadows schema: run "shadows migrate up" first`},
+		{"unmigrated database", nil, []string{"snapshot", "--url", empty}, 1, `shadows schema is not migrated: `},
+		{"unmigrated database, message", nil, []string{"strikes", "--url", empty}, 1, `migrations are not applied: run "shadows migrate up" first`},
 		{"unmigrated database, worker", nil, []string{"worker", "--url", empty}, 1, `run "shadows migrate up" first`},
 		{"unmigrated database, tasks", nil, []string{"tasks", "trace", "--url", empty}, 1, `run "shadows migrate up" first`},
 		{"unknown key", nil, []string{"watch", "no-such-key", "--url", url, "--queue", pgtest.QueueName(t)}, 1, `no task with key "no-such-key"`},
+		// strike and restore refuse bad rules before connecting.
+		{"strike: unknown operator", nil, []string{"strike", "process_order", "amount", "=~", "int:1", "--url", unreachable}, 2, `OPERATOR "=~" is not one of ==, !=, <, <=, >, >=, between`},
+		{"strike: malformed int", nil, []string{"strike", "process_order", "amount", "==", "int:abc", "--url", unreachable}, 2, `VALUE "int:abc": "abc" is not a whole number`},
+		{"strike: malformed float", nil, []string{"strike", "process_order", "amount", "<", "float:nan", "--url", unreachable}, 2, `VALUE "float:nan": "nan" is not a finite number`},
+		{"strike: malformed bool", nil, []string{"strike", "process_order", "rush", "==", "bool:yes", "--url", unreachable}, 2, `VALUE "bool:yes": "yes" is not true or false`},
+		{"strike: malformed JSON", nil, []string{"strike", "process_order", "tags", "==", "json:[1,", "--url", unreachable}, 2, `VALUE "json:[1,": "[1," is not a JSON literal`},
+		{"strike: unknown type", nil, []string{"strike", "process_order", "id", "==", "uuid:42", "--url", unreachable}, 2, `VALUE "uuid:42": unknown type "uuid": use int:, float:, bool:, str: or json: (str:uuid:42 for this text)`},
+		{"strike: between with one value", nil, []string{"strike", "process_order", "amount", "between", "int:1", "--url", unreachable}, 2, `amount between int:1 lacks HIGH: between takes two values, LOW and HIGH`},
+		{"strike: between of mixed types", nil, []string{"strike", "process_order", "amount", "between", "int:1", "z", "--url", unreachable}, 2, `invalid strike rule: between needs two numbers or two strings, got [1,"z"]`},
+		{"strike: nothing", nil, []string{"strike", "--url", unreachable}, 2, `give a TASK, a condition PARAMETER OPERATOR VALUE, or both`},
+		{"strike: every task", nil, []string{"strike", "*", "*", "--url", unreachable}, 2, `give a TASK, a condition PARAMETER OPERATOR VALUE, or both`},
+		{"strike: missing value", nil, []string{"strike", "process_order", "amount", "==", "--url", unreachable}, 2, `amount == lacks its VALUE`},
+		{"strike: hold and rule", nil, []string{"strike", "--hold", "--rule", "trace", "--url", unreachable}, 2, `[hold rule] were all set`},
+		{"strike: bad queue", nil, []string{"strike", "trace", "--url", unreachable, "--queue", "a\x01b"}, 2, `--queue "a?b": invalid queue config`},
+		{"restore: missing operator", nil, []string{"restore", "process_order", "amount", "--url", unreachable}, 2, `"amount" lacks OPERATOR and VALUE`},
+		{"restore: no and", nil, []string{"restore", "process_order", "a", "==", "1", "b", "--url", unreachable}, 2, `expected "and" before "b"`},
+		{"restore: trailing and", nil, []string{"restore", "process_order", "a", "==", "1", "and", "--url", unreachable}, 2, `nothing follows the last "and"`},
+		{"restore: bad rule text", nil, []string{"restore", "--rule", "trace a =~ 1", "--url", unreachable}, 2, `--rule: invalid strike rule: unknown operator "=~"`},
+		{"restore: rule and arguments", nil, []string{"restore", "--rule", "trace", "trace", "--url", unreachable}, 2, `give either --rule or arguments, not both`},
+		{"strikes: extra argument", nil, []string{"strikes", "trace"}, 2, `unknown command "trace" for "shadows strikes"`},
+		{"bad metrics port", nil, []string{"worker", "--metrics-port", "70000"}, 2, `invalid argument "70000" for "--metrics-port" flag: "70000" is not a TCP port`},
+		{"bad health port from the environment", []string{"SHADOWS_WORKER_HEALTHCHECK_PORT=http"}, []string{"worker"}, 2, `invalid $SHADOWS_WORKER_HEALTHCHECK_PORT "http" for --healthcheck-port`},
+		{"unsupported OTLP protocol", []string{"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:1", "OTEL_EXPORTER_OTLP_PROTOCOL=grpc"}, []string{"clear", "--url", unreachable}, 2, `$OTEL_EXPORTER_OTLP_PROTOCOL "grpc": this command exports traces with http/protobuf only`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -429,14 +465,14 @@ func TestMigrate(t *testing.T) {
 	require.Contains(t, r.stdout, fmt.Sprintf("version %d of %d", n-1, n))
 	r = run(t, nil, "snapshot", "--url", url)
 	require.Equal(t, 1, r.code)
-	require.Contains(t, r.stderr, fmt.Sprintf("lacks 1 of %d migrations: run \"shadows migrate up\" first", n))
+	require.Contains(t, r.stderr, fmt.Sprintf("shadows schema is not migrated: 1 of %d migrations are not applied: run \"shadows migrate up\" first", n))
 
 	r = migrate("down", "--to", "0")
 	require.Contains(t, r.stdout, "Rolled back 00001_tasks.sql\n")
 	require.Contains(t, r.stdout, fmt.Sprintf("version 0 of %d", n))
 	r = run(t, nil, "snapshot", "--url", url)
 	require.Equal(t, 1, r.code)
-	require.Contains(t, r.stderr, "the database has no shadows schema")
+	require.Contains(t, r.stderr, fmt.Sprintf("%d of %d migrations are not applied", n, n))
 }
 
 func TestTasksRunUntilFinished(t *testing.T) {

@@ -441,8 +441,10 @@ type workerOpts struct {
 	url, queue, name string
 	concurrency      int
 	redelivery       time.Duration
-	mode             string // normal (default) or hang
-	logLevel         string // warn by default
+	mode             string        // normal (default) or hang
+	logLevel         string        // warn by default
+	every            time.Duration // interval of the perpetual task; the program's default if zero
+	maxConns         int           // connection pool size; concurrency + 3 if zero
 }
 
 // proc is a running worker process.
@@ -473,6 +475,12 @@ func startWorker(t *testing.T, bin string, o workerOpts) *proc {
 		"-mode", o.mode,
 		"-log-level", o.logLevel,
 	)
+	if o.every > 0 {
+		cmd.Args = append(cmd.Args, "-every", o.every.String())
+	}
+	if o.maxConns > 0 {
+		cmd.Args = append(cmd.Args, "-max-conns", fmt.Sprint(o.maxConns))
+	}
 	p := &proc{name: o.name, cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	require.NoError(t, cmd.Start(), "start worker %s", o.name)
@@ -607,12 +615,16 @@ func createLedger(t *testing.T, pool *pgxpool.Pool) {
 	require.NoError(t, err, "create the ledger table")
 }
 
-// ledgerRun is one run of a task, as its handler recorded it.
+// ledgerRun is one run of a task, as its handler recorded it. The times are
+// the database server's.
 type ledgerRun struct {
 	key, worker string
 	attempt     int
 	redelivered bool
 	finished    bool
+
+	runID, task, customer, region string
+	dueAt, startedAt, finishedAt  time.Time // dueAt and finishedAt may be zero
 }
 
 func (r ledgerRun) String() string {
@@ -622,14 +634,23 @@ func (r ledgerRun) String() string {
 // queryLedger returns the runs of queue, in the order they started.
 func queryLedger(ctx context.Context, pool *pgxpool.Pool, queueName string) ([]ledgerRun, error) {
 	rows, err := pool.Query(ctx, `
-		SELECT key, worker, attempt, redelivered, finished_at IS NOT NULL
+		SELECT key, worker, attempt, redelivered, finished_at IS NOT NULL,
+		       run_id, task, customer, region, due_at, started_at, finished_at
 		FROM public.reliability_ledger WHERE queue = $1 ORDER BY started_at, run_id`, queueName)
 	if err != nil {
 		return nil, err
 	}
 	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ledgerRun, error) {
 		var r ledgerRun
-		err := row.Scan(&r.key, &r.worker, &r.attempt, &r.redelivered, &r.finished)
+		var due, fin *time.Time
+		err := row.Scan(&r.key, &r.worker, &r.attempt, &r.redelivered, &r.finished,
+			&r.runID, &r.task, &r.customer, &r.region, &due, &r.startedAt, &fin)
+		if due != nil {
+			r.dueAt = *due
+		}
+		if fin != nil {
+			r.finishedAt = *fin
+		}
 		return r, err
 	})
 }

@@ -1,11 +1,21 @@
 // Command testworker is the worker process of the reliability tests. It runs
-// one shadows worker on one queue with the handler of [reliability.Job],
-// which records every run in the ledger table.
+// one shadows worker on one queue with handlers for the tasks of package
+// reliability, every one of which records its runs in the ledger table.
 //
 //	testworker -database URL -queue NAME -name NAME [-concurrency 8]
-//	    [-redelivery 5s] [-mode normal|hang] [-log-level warn]
+//	    [-redelivery 5s] [-mode normal|hang] [-every 200ms] [-max-conns N]
+//	    [-log-level warn]
 //
-// In mode normal the handler records the start of the run, sleeps for the
+// The tasks, all registered in every process:
+//
+//   - reliability.Job, with no policy;
+//   - reliability.LimitedJob, limited to one run at a time per customer_id
+//     and three per region (reliability.LimitedPolicy);
+//   - reliability.OrderJob, with no policy, for the strike tests;
+//   - reliability.PerpetualJob, rescheduled -every after the start of each
+//     run (reliability.PerpetualPolicy).
+//
+// In mode normal a handler records the start of the run, sleeps for the
 // task's sleep_ms and records its end. In mode hang it records the start and
 // then sleeps for an hour, so that a test can kill the process mid-task.
 //
@@ -56,6 +66,8 @@ func run() error {
 		redelivery  = flag.Duration("redelivery", 5*time.Second, "redelivery timeout (lease)")
 		reconnect   = flag.Duration("reconnection-delay", time.Second, "cap of the back-off while the database is away")
 		mode        = flag.String("mode", "normal", "normal: sleep for the task's sleep_ms; hang: sleep for an hour")
+		every       = flag.Duration("every", 200*time.Millisecond, "interval of the perpetual task")
+		maxConns    = flag.Int("max-conns", 0, "size of the connection pool (default: concurrency + 3)")
 		logLevel    = flag.String("log-level", "warn", "debug, info, warn or error")
 	)
 	flag.Parse()
@@ -82,6 +94,9 @@ func run() error {
 	// The handlers write to the database too: a connection for each, plus
 	// a few for the worker's claims, outcomes, leases and heartbeats.
 	pcfg.MaxConns = int32(*concurrency + 3)
+	if *maxConns > 0 {
+		pcfg.MaxConns = int32(*maxConns)
+	}
 	// Name the connections after the worker, for pg_stat_activity.
 	pcfg.ConnConfig.RuntimeParams["application_name"] = "testworker " + *name
 	pool, err := pgxpool.NewWithConfig(context.Background(), pcfg)
@@ -92,7 +107,18 @@ func run() error {
 
 	h := &handler{pool: pool, queue: *queueName, hang: *mode == "hang", logger: logger}
 	reg := worker.NewRegistry()
-	worker.MustRegister(reg, h.run, worker.Policy{})
+	worker.MustRegister(reg, func(ctx context.Context, t *worker.Task[reliability.Job]) error {
+		return h.run(ctx, &t.Info, t.Args.SleepMS, "", "")
+	}, worker.Policy{})
+	worker.MustRegister(reg, func(ctx context.Context, t *worker.Task[reliability.LimitedJob]) error {
+		return h.run(ctx, &t.Info, t.Args.SleepMS, t.Args.CustomerID, t.Args.Region)
+	}, reliability.LimitedPolicy())
+	worker.MustRegister(reg, func(ctx context.Context, t *worker.Task[reliability.OrderJob]) error {
+		return h.run(ctx, &t.Info, t.Args.SleepMS, t.Args.CustomerID, "")
+	}, worker.Policy{})
+	worker.MustRegister(reg, func(ctx context.Context, t *worker.Task[reliability.PerpetualJob]) error {
+		return h.run(ctx, &t.Info, t.Args.SleepMS, "", "")
+	}, reliability.PerpetualPolicy(*every))
 	w, err := worker.New(pool, reg, worker.Config{
 		Queue:             queue.Config{Name: *queueName, Logger: logger},
 		Name:              *name,
@@ -119,13 +145,16 @@ type handler struct {
 	logger *slog.Logger
 }
 
-func (h *handler) run(ctx context.Context, t *worker.Task[reliability.Job]) error {
+// run is every task's handler: it records the start of the run, sleeps
+// sleepMS (or an hour, in mode hang) and records the end.
+func (h *handler) run(ctx context.Context, t *worker.Info, sleepMS int, customer, region string) error {
 	runID := newRunID()
-	err := h.exec(ctx, reliability.LedgerStart, runID, h.queue, t.Key, t.Worker, t.Attempt, t.Redelivered)
+	err := h.exec(ctx, reliability.LedgerStart, runID, h.queue, t.Key, t.Worker, t.Attempt, t.Redelivered,
+		t.Name, t.When, customer, region)
 	if err != nil {
 		return fmt.Errorf("ledger start: %w", err)
 	}
-	sleep := time.Duration(t.Args.SleepMS) * time.Millisecond
+	sleep := time.Duration(sleepMS) * time.Millisecond
 	if h.hang {
 		sleep = hangFor
 	}
