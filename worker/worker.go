@@ -251,7 +251,7 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
 	w.done = newFinisher(w)
 
-	unregister := w.tel.Depths(w.cfg.Name, func(ctx context.Context) (int64, int64, bool) {
+	unregister := w.tel.Depths(func(ctx context.Context) (int64, int64, bool) {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		c, err := w.queries.CountTasks(ctx, w.pool, w.q.Name())

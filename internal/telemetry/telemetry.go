@@ -70,8 +70,11 @@ func New(queue string, tp trace.TracerProvider, mp metric.MeterProvider) *Teleme
 	t.Retried = counter("retried", "Failed runs rescheduled for another attempt.")
 	t.Perpetuated = counter("perpetuated", "Runs of perpetual tasks that scheduled their next run.")
 	t.Running, _ = t.meter.Int64UpDownCounter("shadows.tasks.running", metric.WithDescription("Runs in progress."), metric.WithUnit("{task}"))
-	t.Duration, _ = t.meter.Float64Histogram("shadows.task.duration", metric.WithDescription("How long runs took."), metric.WithUnit("s"))
-	t.Lateness, _ = t.meter.Float64Histogram("shadows.task.lateness", metric.WithDescription("How long after their due time runs started."), metric.WithUnit("s"))
+	// Tasks take from microseconds to hours: buckets from 1ms to 1h.
+	buckets := metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+		1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+	t.Duration, _ = t.meter.Float64Histogram("shadows.task.duration", metric.WithDescription("How long runs took."), metric.WithUnit("s"), buckets)
+	t.Lateness, _ = t.meter.Float64Histogram("shadows.task.lateness", metric.WithDescription("How long after their due time runs started."), metric.WithUnit("s"), buckets)
 	return t
 }
 
@@ -86,11 +89,13 @@ func (t *Telemetry) set(kv ...attribute.KeyValue) attribute.Set {
 }
 
 // Depths registers the queue-depth and schedule-depth gauges, read with
-// read only when metrics are collected. unregister removes them.
-func (t *Telemetry) Depths(worker string, read func(context.Context) (queued, scheduled int64, ok bool)) (unregister func()) {
+// read only when metrics are collected. They describe the whole queue, so
+// they carry only the queue label: every worker reports the same value, to
+// be aggregated with max, not sum. unregister removes them.
+func (t *Telemetry) Depths(read func(context.Context) (queued, scheduled int64, ok bool)) (unregister func()) {
 	queued, _ := t.meter.Int64ObservableGauge("shadows.queue.depth", metric.WithDescription("Tasks due and waiting for a worker."), metric.WithUnit("{task}"))
 	scheduled, _ := t.meter.Int64ObservableGauge("shadows.schedule.depth", metric.WithDescription("Tasks scheduled for the future."), metric.WithUnit("{task}"))
-	attrs := metric.WithAttributeSet(t.set(WorkerKey.String(worker)))
+	attrs := metric.WithAttributeSet(t.set())
 	reg, err := t.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
 		if q, s, ok := read(ctx); ok {
 			o.ObserveInt64(queued, q, attrs)
