@@ -33,7 +33,12 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 		}
 		if free > 0 {
 			sweep := time.Since(lastSweep) >= w.sweepInterval()
-			n, err := w.claim(ctx, free, sweep, tasks)
+			// A claim that has started runs to its end even if ctx is
+			// cancelled meanwhile: tasks the database handed over must be
+			// run (drained), not left running under a lease nobody renews.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.RedeliveryTimeout/4)
+			n, err := w.claim(cctx, free, sweep, tasks)
+			cancel()
 			if err != nil {
 				if ctx.Err() != nil {
 					return
