@@ -321,36 +321,44 @@ WITH ended AS (
            unnest($6::text[]) AS result, unnest($7::timestamptz[]) AS next_run_at,
            unnest($8::text[]) AS next_args, unnest($9::int[]) AS next_attempt,
            unnest($10::int[]) AS deliveries
+), target AS (
+    -- Each outcome's row, found by primary key and locked (in the order
+    -- given: the caller sorts by key), if it is still the run that ended.
+    SELECT ended.key, ended.generation, ended.state, ended.error, ended.result, ended.next_run_at, ended.next_args, ended.next_attempt, ended.deliveries, t.tid, t.cancel_requested
+    FROM ended JOIN LATERAL (
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state, r.cancel_requested
+        FROM shadows.tasks r
+        WHERE r.queue = $1::text AND r.key = ended.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
+        FOR UPDATE
+    ) AS t ON true
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
 ), rescheduled AS (
     UPDATE shadows.tasks t
-    SET state = 'scheduled', run_at = e.next_run_at,
-        args = coalesce(nullif(e.next_args, '')::jsonb, t.args),
-        attempt = e.next_attempt, generation = t.generation + 1, deliveries = 0,
+    SET state = 'scheduled', run_at = target.next_run_at,
+        args = coalesce(nullif(target.next_args, '')::jsonb, t.args),
+        attempt = target.next_attempt, generation = t.generation + 1, deliveries = 0,
         worker = NULL, started_at = NULL, lease_expires_at = NULL,
-        error = nullif(e.error, ''), result = NULL
-    FROM ended e
-    WHERE e.state = 'scheduled' AND NOT t.cancel_requested
-      AND t.queue = $1::text AND t.key = e.key AND t.generation = e.generation
-      AND t.deliveries = e.deliveries AND t.lease_expires_at IS NOT NULL
+        error = nullif(target.error, ''), result = NULL
+    FROM target
+    WHERE t.ctid = target.tid AND target.state = 'scheduled' AND NOT target.cancel_requested
     RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
     UPDATE shadows.tasks t
-    SET state = CASE WHEN e.state <> 'scheduled' THEN e.state
-                     WHEN e.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
+    SET state = CASE WHEN target.state <> 'scheduled' THEN target.state
+                     WHEN target.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
         finished_at = now(), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => $11::float8),
-        error = nullif(e.error, ''), result = nullif(e.result, '')::jsonb
-    FROM ended e
-    WHERE (e.state <> 'scheduled' OR t.cancel_requested) AND $11::float8 > 0
-      AND t.queue = $1::text AND t.key = e.key AND t.generation = e.generation
-      AND t.deliveries = e.deliveries AND t.lease_expires_at IS NOT NULL
+        error = nullif(target.error, ''), result = nullif(target.result, '')::jsonb
+    FROM target
+    WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
+      AND $11::float8 > 0
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
-    USING ended e
-    WHERE (e.state <> 'scheduled' OR t.cancel_requested) AND $11::float8 <= 0
-      AND t.queue = $1::text AND t.key = e.key AND t.generation = e.generation
-      AND t.deliveries = e.deliveries AND t.lease_expires_at IS NOT NULL
+    USING target
+    WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
+      AND $11::float8 <= 0
     RETURNING t.key
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
@@ -389,12 +397,9 @@ type FinishTasksRow struct {
 //     generation — so the end of one run and the birth of the next are one
 //     atomic row update, and a crash can neither lose nor double the chain.
 //
-// Each outcome is guarded by the generation and delivery its worker claimed,
-// and by the row still running (only running rows have a lease; testing
-// that rather than the state keeps the partial lease index out of the plan):
+// Each outcome is guarded by the generation and delivery its worker claimed:
 // the late outcome of a run whose lease lapsed cannot end the delivery that
-// replaced it. Rows are found by primary key in the order given (the caller
-// sorts by key, as lease renewal's does, so the two never deadlock). A run that was asked to cancel is never rescheduled: it ends completed if
+// replaced it. A run that was asked to cancel is never rescheduled: it ends completed if
 // its handler succeeded and cancelled otherwise. A row whose generation
 // moved on was replaced or re-added while it ran: it is left alone
 // (superseded). Notifications wake result waiters and, when a
@@ -454,42 +459,47 @@ func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsPar
 
 const renewLeases = `-- name: RenewLeases :many
 WITH mine AS (
-    SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
-           unnest($3::int[]) AS deliveries
+    SELECT t.ctid AS tid, t.key, t.cancel_requested
+    FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
+                 unnest($3::int[]) AS deliveries) AS u
+    JOIN LATERAL (
+        SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.state, r.worker, r.cancel_requested
+        FROM shadows.tasks r
+        WHERE r.queue = $4::text AND r.key = u.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
+        FOR UPDATE
+    ) AS t ON true
+    WHERE t.generation = u.generation AND t.deliveries = u.deliveries
+      AND t.state = 'running' AND t.worker = $5::text
 ), renewed AS (
     UPDATE shadows.tasks t
-    SET lease_expires_at = now() + make_interval(secs => $4::float8)
-    FROM mine
-    WHERE t.queue = $5::text AND t.key = mine.key AND t.generation = mine.generation
-      AND t.deliveries = mine.deliveries AND t.lease_expires_at IS NOT NULL
-      AND t.worker = $6::text
-    RETURNING t.key, t.cancel_requested
+    SET lease_expires_at = now() + make_interval(secs => $6::float8)
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
-SELECT key FROM renewed WHERE cancel_requested
+SELECT key FROM mine WHERE cancel_requested
 `
 
 type RenewLeasesParams struct {
 	Keys         []string
 	Generations  []int64
 	Deliveries   []int32
-	LeaseSeconds float64
 	Queue        string
 	Worker       string
+	LeaseSeconds float64
 }
 
 // Extends the leases of this worker's running tasks and returns the keys
-// among them that a cancel asked to stop. Rows are found by primary key, in
-// the order given (the caller sorts by key, as FinishTasks' caller does, so
-// the two never deadlock); lease_expires_at is set only on running rows,
-// which keeps the partial lease index out of the plan.
+// among them that a cancel asked to stop. Each row is found by its primary
+// key and locked, in the order given (the caller sorts by key, as
+// FinishTasks' caller does, so the two never deadlock).
 func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParams) ([]string, error) {
 	rows, err := db.Query(ctx, renewLeases,
 		arg.Keys,
 		arg.Generations,
 		arg.Deliveries,
-		arg.LeaseSeconds,
 		arg.Queue,
 		arg.Worker,
+		arg.LeaseSeconds,
 	)
 	if err != nil {
 		return nil, err
