@@ -20,6 +20,25 @@
 // database pools, HTTP clients — are best captured by the closure or method
 // value registered as the handler.
 //
+// # Policies
+//
+// The [Policy] given at registration says how the task runs: [Retry] or
+// [ExponentialRetry] after failures, a [Policy.Timeout] the handler can read
+// and extend ([Timeout]), a [Perpetual] or [Cron] schedule the handler can
+// steer ([PerpetualRun]) — automatic ones are seeded by every worker under
+// their task name — [ConcurrencyLimit]s per argument value, enforced by
+// Postgres across every worker, and admission control ([Cooldown],
+// [Debounce], [RateLimit]). The next run of a retried or perpetual task is
+// written in the same row update that ends the current run, so no crash can
+// lose or double it. Invalid policies fail at registration.
+//
+// Worker-wide [Middleware] wraps every task; a handler reaches its own
+// [Info] (key, attempt, logger, queue) from its Task or, deeper down, with
+// [InfoFrom] and [LoggerFrom]. Arguments appear in the start and end log
+// lines only when their fields are tagged shadows:"logged" (the value) or
+// shadows:"logged,length" (the size). The built-in tasks [Trace], [Fail] and
+// [Sleep] are always registered.
+//
 // # Running
 //
 // [New] creates a worker for one queue; [Worker.Run] claims due tasks in
@@ -48,6 +67,14 @@
 // never run twice. If the worker dies, any worker of the queue runs the task
 // again once its lease lapses, marked redelivered. A worker that loses the
 // database logs, backs off and resumes on its own.
+//
+// # Observability
+//
+// Spans and metrics go to the OpenTelemetry providers of the queue's config
+// (the globals by default): one consumer span per run, linked to the trace
+// that added the task, and counters, histograms and gauges labelled by
+// queue, task and worker. [Worker.Healthy] says whether the claim loop runs
+// and reaches the database.
 //
 // # Connections
 //
