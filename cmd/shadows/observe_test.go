@@ -21,6 +21,7 @@ import (
 	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/shadows-go/shadows/internal/pgtest"
 	"github.com/shadows-go/shadows/queue"
 )
 
@@ -136,76 +137,12 @@ func TestMetricsAndHealthOnOnePort(t *testing.T) {
 	require.Equal(t, 0, w.wait(t, 15*time.Second).code)
 }
 
-// proxy forwards TCP connections to the database until it is cut.
-type proxy struct {
-	target string
-	ln     net.Listener
-	mu     sync.Mutex
-	conns  []net.Conn
-	cut    bool
-	wg     sync.WaitGroup
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	p := &proxy{target: target, ln: ln}
-	p.wg.Go(p.serve)
-	t.Cleanup(func() {
-		_ = ln.Close()
-		p.setCut(true)
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-		if err != nil {
-			p.mu.Unlock()
-			_ = c.Close()
-			continue
-		}
-		p.conns = append(p.conns, c, up)
-		p.mu.Unlock()
-		p.wg.Go(func() { _, _ = io.Copy(up, c); _ = up.Close() })
-		p.wg.Go(func() { _, _ = io.Copy(c, up); _ = c.Close() })
-	}
-}
-
-// setCut closes every connection and refuses new ones, or accepts them
-// again.
-func (p *proxy) setCut(cut bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = cut
-	if cut {
-		for _, c := range p.conns {
-			_ = c.Close()
-		}
-		p.conns = nil
-	}
-}
-
 func TestHealthCheckFollowsTheDatabase(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	u, err := url.Parse(e.url)
+	px, proxied := pgtest.NewProxy(t, e.url)
+	u, err := url.Parse(proxied)
 	require.NoError(t, err)
-	px := newProxy(t, u.Host)
-	u.Host = px.ln.Addr().String()
 	qs := u.Query()
 	qs.Set("connect_timeout", "2")
 	u.RawQuery = qs.Encode()
@@ -221,7 +158,7 @@ func TestHealthCheckFollowsTheDatabase(t *testing.T) {
 	}
 	eventually(t, "the worker is healthy", healthIs(http.StatusOK), &w.stderr)
 
-	px.setCut(true)
+	px.Cut(true)
 	cut := time.Now()
 	eventually(t, "the worker is unhealthy without its database", healthIs(http.StatusServiceUnavailable), &w.stderr)
 	t.Logf("503 after %v", time.Since(cut).Round(time.Millisecond))
@@ -229,7 +166,7 @@ func TestHealthCheckFollowsTheDatabase(t *testing.T) {
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.True(t, strings.HasPrefix(body, "unhealthy"), body)
 
-	px.setCut(false)
+	px.Cut(false)
 	eventually(t, "the worker is healthy again", healthIs(http.StatusOK), &w.stderr)
 	e.ok("tasks", "trace", "--key", "after-outage")
 	eventually(t, "the worker runs tasks again", func() bool { return e.state("after-outage") == queue.StateCompleted }, &w.stderr)
