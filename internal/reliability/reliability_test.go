@@ -288,6 +288,14 @@ func testTerminatedConnections(t *testing.T, bin string) {
 	for i := range kills {
 		if i > 0 {
 			time.Sleep(killEvery)
+			// Kill only once the worker has reconnected: a worker still
+			// backing off has no backend to kill.
+			eventually(t, 30*time.Second, "the worker reconnects", func(ctx context.Context) (bool, string, error) {
+				var n int
+				err := killer.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+					WHERE datname = current_database() AND application_name LIKE 'testworker%'`).Scan(&n)
+				return n > 0, fmt.Sprintf("%d worker backends", n), err
+			}, w)
 		}
 		var n, done int
 		err := killer.QueryRow(ctx, `
