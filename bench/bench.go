@@ -273,6 +273,7 @@ func (b *bench) shadowsBurn(ctx context.Context, sc burnScenario, concurrency in
 	}
 	// The worker process has its own deadline (-phase-timeout, enforced by
 	// the child itself and, a little later, by killing it).
+	dbBefore, dbOK := dbCPUSeconds()
 	res, err := runChild(ctx, o.url, childParams{
 		Mode: "burn", Queue: name, N: o.n, Concurrency: concurrency, PoolConns: int32(o.poolConns),
 		NoTTL: noTTL, Timeout: o.phaseTimeout, Logs: o.verboseWorker, LimitMax: sc.limitMax,
@@ -289,6 +290,9 @@ func (b *bench) shadowsBurn(ctx context.Context, sc burnScenario, concurrency in
 	}
 	logf("shadows %s: %d tasks in %.2fs = %.0f tasks/s (Concurrency=%d %s; last handler at %.2fs, drain %.3fs; worker process peak RSS %.1f MB, heap %.1f MB, %d GCs)",
 		label, res.Handled, res.Elapsed, r.rate, concurrency, ttl, res.HandledAt, res.Drain, r.rssMB, float64(res.HeapSys)/(1<<20), res.NumGC)
+	if dbAfter, ok := dbCPUSeconds(); ok && dbOK {
+		logf("  CPU over the %s: worker process %.2fs, database %.2fs (local server, from /proc)", label, res.CPU, dbAfter-dbBefore)
+	}
 	after, err := settledStats(pctx, b.admin)
 	if err != nil {
 		return r, err
@@ -298,8 +302,8 @@ func (b *bench) shadowsBurn(ctx context.Context, sc burnScenario, concurrency in
 	if d.upd > 0 {
 		hot = 100 * float64(d.hotUpd) / float64(d.upd)
 	}
-	logf("  pg_stat_user_tables shadows.tasks over the %s: n_tup_ins=%d n_tup_upd=%d n_tup_hot_upd=%d (%.1f%% HOT) n_tup_del=%d n_dead_tup=%+d (autovacuum runs %d, autoanalyze runs %d)",
-		label, d.ins, d.upd, d.hotUpd, hot, d.del, d.dead, d.autovacuum, d.autoanalyze)
+	logf("  pg_stat_user_tables shadows.tasks over the %s: n_tup_ins=%d n_tup_upd=%d n_tup_hot_upd=%d (%.1f%% HOT) n_tup_del=%d n_dead_tup=%+d (autovacuum runs %d, autoanalyze runs %d); %d transactions committed in the database",
+		label, d.ins, d.upd, d.hotUpd, hot, d.del, d.dead, d.autovacuum, d.autoanalyze, d.xacts)
 	if sizes, err := tableSizes(pctx, b.admin); err == nil {
 		logf("  sizes after the %s: %s", label, sizes)
 	}
@@ -371,20 +375,22 @@ func ratio(a, b float64) string {
 // tableStats are the counters of pg_stat_user_tables for shadows.tasks.
 type tableStats struct {
 	ins, upd, hotUpd, del, dead, autovacuum, autoanalyze int64
+	xacts                                               int64 // commits in the database
 }
 
 func (s tableStats) minus(o tableStats) tableStats {
 	return tableStats{s.ins - o.ins, s.upd - o.upd, s.hotUpd - o.hotUpd, s.del - o.del, s.dead - o.dead,
-		s.autovacuum - o.autovacuum, s.autoanalyze - o.autoanalyze}
+		s.autovacuum - o.autovacuum, s.autoanalyze - o.autoanalyze, s.xacts - o.xacts}
 }
 
 func readStats(ctx context.Context, pool *pgxpool.Pool) (tableStats, error) {
 	var s tableStats
 	// Each statement is its own transaction, so each sees fresh statistics.
 	err := pool.QueryRow(ctx, `SELECT n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del, n_dead_tup,
-		autovacuum_count, autoanalyze_count
+		autovacuum_count, autoanalyze_count,
+		(SELECT xact_commit FROM pg_stat_database WHERE datname = current_database())
 		FROM pg_stat_user_tables WHERE schemaname = 'shadows' AND relname = 'tasks'`).
-		Scan(&s.ins, &s.upd, &s.hotUpd, &s.del, &s.dead, &s.autovacuum, &s.autoanalyze)
+		Scan(&s.ins, &s.upd, &s.hotUpd, &s.del, &s.dead, &s.autovacuum, &s.autoanalyze, &s.xacts)
 	if err != nil {
 		return s, fmt.Errorf("read pg_stat_user_tables: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +71,7 @@ type childResult struct {
 	NumGC     uint32    `json:"num_gc"`     // garbage collections
 	LatMS     []float64 `json:"lat_ms"`     // latency: Add returned → handler started, sorted
 	Missing   int       `json:"missing"`    // latency: tasks not started in time
+	CPU       float64   `json:"-"`          // user+system seconds of the whole child process
 }
 
 // runChild runs a worker child process and returns what it reported. The
@@ -114,8 +116,11 @@ func runChild(ctx context.Context, url string, p childParams) (childResult, erro
 			if err := json.Unmarshal([]byte(line), &res); err != nil {
 				return res, fmt.Errorf("worker process (%s): bad result: %w", p.Mode, err)
 			}
-			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && res.VmHWMKB == 0 {
-				res.VmHWMKB = ru.Maxrss // kilobytes on Linux
+			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+				if res.VmHWMKB == 0 {
+					res.VmHWMKB = ru.Maxrss // kilobytes on Linux
+				}
+				res.CPU = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 			}
 			return res, nil
 		}
@@ -141,6 +146,25 @@ func childMain() int {
 		fmt.Fprintf(os.Stderr, "bench child: %s did not finish within %v\n", p.Mode, p.Timeout)
 		os.Exit(3)
 	}()
+	// SHADOWS_BENCH_CPUPROFILE=file writes a CPU profile of the child.
+	if path := os.Getenv("SHADOWS_BENCH_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() {
+				pprof.StopCPUProfile()
+				_ = f.Close()
+			}()
+		}
+	}
+	// SHADOWS_BENCH_MEMPROFILE=file writes the allocations of the child.
+	if path := os.Getenv("SHADOWS_BENCH_MEMPROFILE"); path != "" {
+		defer func() {
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.Lookup("allocs").WriteTo(f, 0)
+				_ = f.Close()
+			}
+		}()
+	}
 	var (
 		res childResult
 		err error

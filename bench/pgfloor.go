@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -113,6 +114,7 @@ func (f *floor) run(ctx context.Context, url string, timeout time.Duration, args
 		return res, err
 	}
 	logf("pgfloor %s", strings.Join(args, " "))
+	dbBefore, dbOK := dbCPUSeconds()
 	if err := cmd.Start(); err != nil {
 		return res, fmt.Errorf("start pgfloor: %w", err)
 	}
@@ -149,6 +151,13 @@ func (f *floor) run(ctx context.Context, url string, timeout time.Duration, args
 	}
 	if len(found) == 0 {
 		return res, fmt.Errorf("pgfloor %s printed no result: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
+	}
+	if dbAfter, ok := dbCPUSeconds(); ok && dbOK {
+		var own float64
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			own = float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
+		}
+		logf("  CPU over the whole run (insert included): pgfloor process %.2fs, database %.2fs", own, dbAfter-dbBefore)
 	}
 	return res, nil
 }

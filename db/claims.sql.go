@@ -134,14 +134,17 @@ WITH epoch AS (
         deliveries = t.deliveries + 1,
         lease_expires_at = now() + make_interval(secs => $5::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM judged WHERE rule IS NULL))
-    RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
+    -- The arguments go out as plain bytes: the worker decodes them into the
+    -- task's type itself, and a jsonb column would be parsed once more on
+    -- the way (pgx validates JSON it scans into json.RawMessage).
+    RETURNING t.key, t.task, convert_to(t.args::text, 'UTF8') AS args, t.generation, t.attempt, t.run_at,
         t.deliveries, t.started_at, t.trace_context
 )
 SELECT key, task, args, generation, attempt, run_at, deliveries, started_at, trace_context,
     NULL::text AS struck_by, false AS held
 FROM claimed
 UNION ALL
-SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
+SELECT key, task, '\x'::bytea, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
     rule, hold
 FROM set_aside
 `
@@ -157,7 +160,7 @@ type ClaimDueParams struct {
 type ClaimDueRow struct {
 	Key          string
 	Task         string
-	Args         json.RawMessage
+	Args         []byte
 	Generation   int64
 	Attempt      int32
 	RunAt        time.Time
@@ -299,6 +302,65 @@ func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParam
 		return nil, err
 	}
 	return items, nil
+}
+
+const completeTasks = `-- name: CompleteTasks :one
+WITH ended AS (
+    SELECT unnest($2::text[]) AS key, unnest($3::bigint[]) AS generation,
+           unnest($4::int[]) AS deliveries
+), target AS (
+    SELECT t.tid
+    FROM ended JOIN LATERAL (
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state
+        FROM shadows.tasks r
+        WHERE r.queue = $1::text AND r.key = ended.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
+        FOR UPDATE
+    ) AS t ON true
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
+), updated AS (
+    UPDATE shadows.tasks t
+    SET state = 'completed', finished_at = now(), lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => $5::float8),
+        error = NULL, result = NULL
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND $5::float8 > 0
+    RETURNING 1
+), deleted AS (
+    DELETE FROM shadows.tasks t
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND $5::float8 <= 0
+    RETURNING 1
+)
+SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
+    (SELECT true FROM pg_notify('shadows_done', $1::text))::bool AS notified_done
+`
+
+type CompleteTasksParams struct {
+	Queue       string
+	Keys        []string
+	Generations []int64
+	Deliveries  []int32
+	TtlSeconds  float64
+}
+
+type CompleteTasksRow struct {
+	N            int64
+	NotifiedDone bool
+}
+
+// FinishTasks for the common batch: every run succeeded with no result and
+// nothing to reschedule. The same guards, in less SQL and three arrays
+// instead of nine.
+func (q *Queries) CompleteTasks(ctx context.Context, db DBTX, arg CompleteTasksParams) (CompleteTasksRow, error) {
+	row := db.QueryRow(ctx, completeTasks,
+		arg.Queue,
+		arg.Keys,
+		arg.Generations,
+		arg.Deliveries,
+		arg.TtlSeconds,
+	)
+	var i CompleteTasksRow
+	err := row.Scan(&i.N, &i.NotifiedDone)
+	return i, err
 }
 
 const deleteExpiredAdmissions = `-- name: DeleteExpiredAdmissions :exec

@@ -48,14 +48,17 @@ WITH epoch AS (
         deliveries = t.deliveries + 1,
         lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM judged WHERE rule IS NULL))
-    RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
+    -- The arguments go out as plain bytes: the worker decodes them into the
+    -- task's type itself, and a jsonb column would be parsed once more on
+    -- the way (pgx validates JSON it scans into json.RawMessage).
+    RETURNING t.key, t.task, convert_to(t.args::text, 'UTF8') AS args, t.generation, t.attempt, t.run_at,
         t.deliveries, t.started_at, t.trace_context
 )
 SELECT key, task, args, generation, attempt, run_at, deliveries, started_at, trace_context,
     NULL::text AS struck_by, false AS held
 FROM claimed
 UNION ALL
-SELECT key, task, '{}'::jsonb, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
+SELECT key, task, '\x'::bytea, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
     rule, hold
 FROM set_aside;
 
@@ -185,6 +188,38 @@ SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
     CASE WHEN EXISTS (SELECT 1 FROM rescheduled WHERE due)
          THEN (SELECT true FROM pg_notify('shadows_ready', @queue::text))
          ELSE false END::bool AS notified_ready;
+
+-- name: CompleteTasks :one
+-- FinishTasks for the common batch: every run succeeded with no result and
+-- nothing to reschedule. The same guards, in less SQL and three arrays
+-- instead of nine.
+WITH ended AS (
+    SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
+           unnest(@deliveries::int[]) AS deliveries
+), target AS (
+    SELECT t.tid
+    FROM ended JOIN LATERAL (
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state
+        FROM shadows.tasks r
+        WHERE r.queue = @queue::text AND r.key = ended.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
+        FOR UPDATE
+    ) AS t ON true
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
+), updated AS (
+    UPDATE shadows.tasks t
+    SET state = 'completed', finished_at = now(), lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => @ttl_seconds::float8),
+        error = NULL, result = NULL
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND @ttl_seconds::float8 > 0
+    RETURNING 1
+), deleted AS (
+    DELETE FROM shadows.tasks t
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND @ttl_seconds::float8 <= 0
+    RETURNING 1
+)
+SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
+    (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done;
 
 -- name: SetProgress :exec
 -- Progress of a running task, guarded by the generation its worker claimed.

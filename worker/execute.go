@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
@@ -135,7 +134,11 @@ func (w *Worker) execute(f *inflight) {
 	if reg == nil {
 		reg = w.fallback
 	}
-	x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
+	// A logger that drops even errors needs no attributes (With allocates).
+	x.Logger = w.logger
+	if w.logger.Enabled(f.ctx, slog.LevelError) {
+		x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
+	}
 	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries, hasSlots: len(x.slots) > 0}
 	policy := reg.policy
 
@@ -159,8 +162,7 @@ func (w *Worker) execute(f *inflight) {
 	}
 
 	attrs := w.attrs(x.Name)
-	runCtx, span := w.tel.StartRun(f.ctx, x.Name, x.traceContext,
-		attribute.String("shadows.key", x.Key), attribute.Int("shadows.attempt", x.Attempt))
+	runCtx, span := w.tel.StartRun(f.ctx, x.Name, x.traceContext, x.Key, x.Attempt)
 	defer span.End()
 	w.tel.Started.Add(runCtx, 1, attrs)
 	if x.Redelivered {
@@ -181,12 +183,14 @@ func (w *Worker) execute(f *inflight) {
 	}
 	logInfo := x.Logger.Enabled(ctx, slog.LevelInfo)
 	var (
-		begin time.Time
-		call  string
+		begin  time.Time
+		render func() string
+		call   string
 	)
-	x.begin = func(c string) {
-		call, begin = c, time.Now()
+	x.begin = func(r func() string) {
+		render, begin = r, time.Now()
 		if logInfo {
+			call = r()
 			x.Logger.Info("↪ "+call, "lateness", x.started.Sub(x.When).Round(time.Millisecond), "redelivered", x.Redelivered)
 		}
 	}
@@ -194,6 +198,13 @@ func (w *Worker) execute(f *inflight) {
 	if begin.IsZero() { // the handler never started
 		begin = time.Now()
 		call = x.Name + "(…)"
+	}
+	// The call is rendered at most once, and only for a line that is logged.
+	callText := func() string {
+		if call == "" {
+			call = render()
+		}
+		return call
 	}
 	took := time.Since(begin).Round(time.Microsecond)
 	if err != nil {
@@ -205,18 +216,18 @@ func (w *Worker) execute(f *inflight) {
 	w.measure(runCtx, span, x, &out, err, took, attrs)
 	switch out.state {
 	case stateFailed:
-		x.Logger.Error("↩ "+call+" failed", "duration", took, "error", out.err)
+		x.Logger.Error("↩ "+callText()+" failed", "duration", took, "error", out.err)
 	case stateRescheduled:
-		level, msg := slog.LevelInfo, "↫ "+call
+		level, suffix := slog.LevelInfo, ""
 		if err != nil {
-			level, msg = slog.LevelError, "↫ "+call+" failed; rescheduled"
+			level, suffix = slog.LevelError, " failed; rescheduled"
 		}
 		if x.Logger.Enabled(ctx, level) {
-			x.Logger.Log(ctx, level, msg, "duration", took, "next", out.nextAt, "next_attempt", out.nextAttempt, "error", out.err)
+			x.Logger.Log(ctx, level, "↫ "+callText()+suffix, "duration", took, "next", out.nextAt, "next_attempt", out.nextAttempt, "error", out.err)
 		}
 	default:
 		if logInfo {
-			x.Logger.Info("↩ "+call, "state", out.state, "duration", took)
+			x.Logger.Info("↩ "+callText(), "state", out.state, "duration", took)
 		}
 	}
 	w.done.push(out)

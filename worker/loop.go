@@ -273,6 +273,10 @@ func (w *Worker) startAll(claimed []*execution, tasks *sync.WaitGroup) {
 	}
 	runs := make([]*inflight, len(claimed))
 	for i, x := range claimed {
+		if reg := w.reg.lookup(x.Name); reg != nil && reg.decode != nil && x.preErr == nil {
+			x.decoded, x.decodeErr = reg.decode(x.args)
+			x.predecoded = true
+		}
 		runs[i] = w.inflight.add(x)
 	}
 	w.running.Add(int64(len(claimed)))

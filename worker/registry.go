@@ -63,6 +63,11 @@ type registration struct {
 	policy *compiledPolicy
 	layout *argtag.Layout
 	run    func(ctx context.Context, x *execution) (json.RawMessage, error)
+	// decode turns stored arguments into a *T for run; nil for RawArgs.
+	// The claim loop calls it before starting each task: its goroutine's
+	// stack is already deep, while a fresh task goroutine would grow (copy)
+	// its stack for the decoder's recursion on every run.
+	decode func(json.RawMessage) (any, error)
 	// seed returns the arguments an automatic task is seeded with.
 	seed func() queue.Args
 }
@@ -82,8 +87,14 @@ type execution struct {
 	// before its handler is called.
 	slots  []slotRequest
 	preErr error
-	// begin is called once the arguments decode, with their log rendering.
-	begin func(call string)
+	// decoded holds decode's result when the claim loop decoded the
+	// arguments ahead of the run (predecoded).
+	decoded    any
+	decodeErr  error
+	predecoded bool
+	// begin is called once the arguments decode, with a function that
+	// renders the call for the log (called only when something is logged).
+	begin func(call func() string)
 }
 
 // NewRegistry returns a registry holding the built-in tasks trace, fail and
@@ -133,6 +144,7 @@ func Register[T queue.Args](r *Registry, h Handler[T], p Policy) error {
 		policy: policy,
 		layout: layout,
 		run:    typedRun(h, layout, policy),
+		decode: typedDecode[T](),
 		seed:   func() queue.Args { return zero },
 	}
 	r.mu.Lock()
@@ -171,6 +183,20 @@ func (e *ArgsError) Error() string {
 
 func (e *ArgsError) Unwrap() error { return e.Err }
 
+// typedDecode returns the decoder of T's stored arguments, or nil for
+// RawArgs, which are handed over undecoded.
+func typedDecode[T queue.Args]() func(json.RawMessage) (any, error) {
+	var zero T
+	if _, raw := any(&zero).(*RawArgs); raw {
+		return nil
+	}
+	return func(args json.RawMessage) (any, error) {
+		p := new(T)
+		err := json.Unmarshal(args, p)
+		return p, err
+	}
+}
+
 func typedRun[T queue.Args](h Handler[T], layout *argtag.Layout, policy *compiledPolicy) func(context.Context, *execution) (json.RawMessage, error) {
 	return func(ctx context.Context, x *execution) (json.RawMessage, error) {
 		t := &Task[T]{Info: x.Info, Timeout: x.timeout, Progress: &Progress{w: x.w, x: x}}
@@ -178,15 +204,24 @@ func typedRun[T queue.Args](h Handler[T], layout *argtag.Layout, policy *compile
 		if x.perpetual != nil {
 			t.Perpetual = &PerpetualRun[T]{s: x.perpetual}
 		}
-		if raw, ok := any(&t.Args).(*RawArgs); ok {
+		var err error
+		switch raw, isRaw := any(&t.Args).(*RawArgs); {
+		case isRaw:
 			*raw = RawArgs{Name: x.Name, JSON: x.args}
-		} else if err := json.Unmarshal(x.args, &t.Args); err != nil {
-			x.begin(x.Name + "(…)")
+		case x.predecoded:
+			if err = x.decodeErr; err == nil {
+				t.Args = *x.decoded.(*T)
+			}
+		default:
+			err = json.Unmarshal(x.args, &t.Args)
+		}
+		if err != nil {
+			x.begin(func() string { return x.Name + "(…)" })
 			return nil, &ArgsError{Task: x.Name, Err: err}
 		}
-		x.begin(x.Name + "(" + layout.Format(t.Args) + ")")
+		x.begin(func() string { return x.Name + "(" + layout.Format(t.Args) + ")" })
 		ctx = context.WithValue(ctx, infoKey{}, &t.Info)
-		err := x.w.withMiddleware(ctx, &t.Info, func(ctx context.Context) error { return h(ctx, t) })
+		err = x.w.withMiddleware(ctx, &t.Info, func(ctx context.Context) error { return h(ctx, t) })
 		return t.result, err
 	}
 }

@@ -154,6 +154,9 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 	// Lock rows in key order, as lease renewal does, so the two never
 	// deadlock.
 	slices.SortFunc(batch, func(a, b outcome) int { return strings.Compare(a.key.key, b.key.key) })
+	if plainSuccesses(batch) {
+		return f.complete(ctx, batch)
+	}
 	p := db.FinishTasksParams{
 		Queue:        f.w.q.Name(),
 		Keys:         make([]string, n),
@@ -181,6 +184,41 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 	if err == nil && row.N < int64(n) {
 		// Outcomes of runs whose task was replaced (or whose lease was
 		// taken over) meanwhile: not recorded.
+		f.w.tel.Superseded.Add(ctx, int64(n)-row.N, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
+	}
+	return err
+}
+
+// plainSuccesses reports whether every outcome is a success with no result
+// (most batches), which CompleteTasks records more cheaply.
+func plainSuccesses(batch []outcome) bool {
+	for _, o := range batch {
+		if o.state != stateCompleted || o.err != "" || len(o.result) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// complete records a batch of plain successes.
+func (f *finisher) complete(ctx context.Context, batch []outcome) error {
+	n := len(batch)
+	p := db.CompleteTasksParams{
+		Queue:       f.w.q.Name(),
+		Keys:        make([]string, n),
+		Generations: make([]int64, n),
+		Deliveries:  make([]int32, n),
+		TtlSeconds:  f.w.ttlSeconds(),
+	}
+	for i, o := range batch {
+		p.Keys[i], p.Generations[i], p.Deliveries[i] = o.key.key, o.key.generation, o.deliveries
+	}
+	f.flushMu.Lock() // lease renewal locks the same rows
+	defer f.flushMu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout/4)
+	defer cancel()
+	row, err := f.w.queries.CompleteTasks(ctx, f.w.pool, p)
+	if err == nil && row.N < int64(n) {
 		f.w.tel.Superseded.Add(ctx, int64(n)-row.N, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
 	}
 	return err

@@ -145,18 +145,24 @@ func Inject(ctx context.Context) json.RawMessage {
 
 // StartRun starts the consumer span of a task run, linked to the span that
 // added the task when its trace context was stored.
-func (t *Telemetry) StartRun(ctx context.Context, task string, stored json.RawMessage, kv ...attribute.KeyValue) (context.Context, trace.Span) {
-	opts := []trace.SpanStartOption{
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(append([]attribute.KeyValue{t.queue, TaskKey.String(task)}, kv...)...),
+func (t *Telemetry) StartRun(ctx context.Context, task string, stored json.RawMessage, key string, attempt int) (context.Context, trace.Span) {
+	ctx, span := t.tracer.Start(ctx, task, consumerSpan)
+	if !span.IsRecording() {
+		// Nothing records it (no SDK, or not sampled): the attributes and
+		// the link would be built for nothing, once per run.
+		return ctx, span
 	}
+	span.SetAttributes(t.queue, TaskKey.String(task), attribute.String("shadows.key", key), attribute.Int("shadows.attempt", attempt))
 	if len(stored) > 0 {
 		carrier := propagation.MapCarrier{}
 		if json.Unmarshal(stored, &carrier) == nil {
 			if sc := trace.SpanContextFromContext(propagator.Extract(context.Background(), carrier)); sc.IsValid() {
-				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: sc}))
+				span.AddLink(trace.Link{SpanContext: sc})
 			}
 		}
 	}
-	return t.tracer.Start(ctx, task, opts...)
+	return ctx, span
 }
+
+// consumerSpan is the start option of every run span, made once.
+var consumerSpan = trace.WithSpanKind(trace.SpanKindConsumer)
