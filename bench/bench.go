@@ -375,7 +375,7 @@ func ratio(a, b float64) string {
 // tableStats are the counters of pg_stat_user_tables for shadows.tasks.
 type tableStats struct {
 	ins, upd, hotUpd, del, dead, autovacuum, autoanalyze int64
-	xacts                                               int64 // commits in the database
+	xacts                                                int64 // commits in the database
 }
 
 func (s tableStats) minus(o tableStats) tableStats {
