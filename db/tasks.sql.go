@@ -11,6 +11,29 @@ import (
 	"time"
 )
 
+const addManyPrelude = `-- name: AddManyPrelude :one
+SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $1::text), 0)::bigint AS epoch,
+    EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = $1::text) AS has_strikes,
+    now()::timestamptz AS now
+`
+
+type AddManyPreludeRow struct {
+	Epoch      int64
+	HasStrikes bool
+	Now        time.Time
+}
+
+// What AddMany's fast path needs to know, in its transaction: the queue's
+// strike epoch, whether it has strikes at all, and the transaction's time.
+// Rows stored under this epoch without being judged are judged at claim
+// time if a strike arrives meanwhile (the epoch moves on).
+func (q *Queries) AddManyPrelude(ctx context.Context, db DBTX, queue string) (AddManyPreludeRow, error) {
+	row := db.QueryRow(ctx, addManyPrelude, queue)
+	var i AddManyPreludeRow
+	err := row.Scan(&i.Epoch, &i.HasStrikes, &i.Now)
+	return i, err
+}
+
 const addTask = `-- name: AddTask :one
 
 WITH epoch AS (

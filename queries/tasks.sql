@@ -110,6 +110,15 @@ WITH input AS (
 SELECT judged.key::text AS key, coalesce(judged.struck_by, '')::text AS struck_by, ins.generation, ins.run_at, ins.created_at
 FROM judged LEFT JOIN ins ON ins.key = judged.key;
 
+-- name: AddManyPrelude :one
+-- What AddMany's fast path needs to know, in its transaction: the queue's
+-- strike epoch, whether it has strikes at all, and the transaction's time.
+-- Rows stored under this epoch without being judged are judged at claim
+-- time if a strike arrives meanwhile (the epoch moves on).
+SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = @queue::text), 0)::bigint AS epoch,
+    EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = @queue::text) AS has_strikes,
+    now()::timestamptz AS now;
+
 -- name: NotifyReady :exec
 SELECT pg_notify('shadows_ready', @queue::text);
 

@@ -177,6 +177,40 @@ func (q *Queue) count(ctx context.Context, e *Execution, replace bool) {
 	}
 }
 
+// countMany is count for a batch: one addition per task name and
+// disposition instead of one per task.
+func (q *Queue) countMany(ctx context.Context, batch []*Execution) {
+	type tally struct{ added, scheduled, struck int64 }
+	byTask := map[string]*tally{}
+	for _, e := range batch {
+		t := byTask[e.Task]
+		if t == nil {
+			t = &tally{}
+			byTask[e.Task] = t
+		}
+		switch e.Disposition {
+		case DispositionStruck:
+			t.struck++
+			continue
+		case DispositionScheduled:
+			t.scheduled++
+		}
+		t.added++
+	}
+	for task, t := range byTask {
+		attrs := q.tel.Attrs(telemetry.TaskKey.String(task))
+		if t.struck > 0 {
+			q.tel.Struck.Add(ctx, t.struck, attrs)
+		}
+		if t.scheduled > 0 {
+			q.tel.Scheduled.Add(ctx, t.scheduled, attrs)
+		}
+		if t.added > 0 {
+			q.tel.Added.Add(ctx, t.added, attrs)
+		}
+	}
+}
+
 // struck marks e as kept out by the strike rule and logs it.
 func (e *Execution) struck(q *Queue, rule string) {
 	e.Disposition, e.StruckBy = DispositionStruck, rule
@@ -236,13 +270,12 @@ func (q *Queue) AddManyTx(ctx context.Context, tx pgx.Tx, entries []Entry) ([]*E
 func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []*Execution, err error) {
 	ctx, span := q.tel.StartSpan(ctx, "shadows.add_many", attribute.Int("shadows.tasks", len(entries)))
 	defer func() {
-		for _, e := range out {
-			q.count(ctx, e, false)
-		}
+		q.countMany(ctx, out)
 		telemetry.EndSpan(span, err)
 	}()
 	out = make([]*Execution, len(entries))
 	index := make(map[string]int, len(entries)) // key → entry that stores it
+	generated := true                           // no entry brought its own key
 	for i, en := range entries {
 		name, raw, err := encodeArgs(en.Args)
 		if err != nil {
@@ -253,6 +286,8 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []
 			key = newKey()
 		} else if err := validateKey(key); err != nil {
 			return nil, fmt.Errorf("add many: entry %d: %w", i, err)
+		} else {
+			generated = false
 		}
 		e := &Execution{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, Attempt: 1, When: en.When}
 		out[i] = e
@@ -266,6 +301,14 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []
 	for i, e := range out {
 		if index[e.Key] == i {
 			stored = append(stored, e)
+		}
+	}
+	if generated {
+		if ok, err := q.copyMany(ctx, conn, stored); ok || err != nil {
+			if err != nil {
+				return nil, err
+			}
+			return out, nil
 		}
 	}
 	due := false
@@ -312,6 +355,57 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []
 		}
 	}
 	return out, nil
+}
+
+// copyColumns are the columns AddMany's fast path copies; the others take
+// their defaults (generation 1, state scheduled, created_at now(), …).
+var copyColumns = []string{"queue", "key", "task", "args", "run_at", "trace_context", "strike_epoch"}
+
+// copyMany is AddMany's fast path, for a batch whose keys shadows made
+// itself: they are new (time-ordered random UUIDs), so no row can meet a
+// live one and the rows are streamed in with COPY instead of an
+// INSERT … ON CONFLICT per chunk. It applies only while the queue has no
+// strikes (checked in the same transaction; a strike that arrives later
+// moves the strike epoch on, and the claim judges these rows then) and
+// reports false, having written nothing, when it does not apply.
+func (q *Queue) copyMany(ctx context.Context, conn dbtx, stored []*Execution) (bool, error) {
+	tx, ok := conn.(pgx.Tx)
+	if !ok {
+		return false, nil
+	}
+	pre, err := q.queries.AddManyPrelude(ctx, tx, q.cfg.Name)
+	if err != nil {
+		return false, fmt.Errorf("add many: %w", err)
+	}
+	if pre.HasStrikes {
+		return false, nil
+	}
+	var trace any // NULL unless there is a trace context to store
+	if tc := telemetry.Inject(ctx); len(tc) > 0 {
+		trace = tc
+	}
+	due := false
+	rows := make([][]any, len(stored))
+	for i, e := range stored {
+		runAt := pre.Now
+		if !e.When.IsZero() {
+			runAt = e.When.Truncate(time.Microsecond) // the database's precision
+		}
+		rows[i] = []any{q.cfg.Name, e.Key, e.Task, []byte(e.Args), runAt, trace, pre.Epoch}
+		d := !runAt.After(pre.Now)
+		due = due || d
+		e.Disposition = DispositionScheduled
+		e.fillAdded(1, runAt, pre.Now, d)
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"shadows", "tasks"}, copyColumns, pgx.CopyFromRows(rows)); err != nil {
+		return false, fmt.Errorf("add many: %w", err)
+	}
+	if due {
+		if err := q.queries.NotifyReady(ctx, tx, q.cfg.Name); err != nil {
+			return false, fmt.Errorf("add many: notify: %w", err)
+		}
+	}
+	return true, nil
 }
 
 // Cancel stops the task with key. A task that has not started never will; a

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shadows-go/shadows/internal/pgtest"
 	"github.com/shadows-go/shadows/queue"
+	"github.com/shadows-go/shadows/strike"
 )
 
 type Greet struct {
@@ -301,6 +302,39 @@ func TestAddMany(t *testing.T) {
 		require.Equal(t, queue.DispositionScheduled, ex.Disposition)
 	}
 	require.Equal(t, 4+len(many), countRows(t, b.pool, b.q.Name()))
+}
+
+// A batch of generated keys is copied in (no live key can match a new
+// one), unless the queue has strikes: then every entry is judged first.
+func TestAddManyGeneratedKeys(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{})
+	ctx := t.Context()
+
+	when := time.Now().Add(time.Hour).Truncate(time.Microsecond)
+	out, err := b.q.AddMany(ctx, []queue.Entry{{Args: Greet{Name: "now"}}, {Args: Greet{Name: "later"}, When: when}})
+	require.NoError(t, err)
+	require.Equal(t, queue.DispositionScheduled, out[0].Disposition)
+	require.Equal(t, queue.StateQueued, out[0].State)
+	require.Equal(t, int64(1), out[0].Generation)
+	require.Equal(t, queue.StateScheduled, out[1].State)
+	require.True(t, when.Equal(out[1].When), "when %v, stored %v", when, out[1].When)
+	for _, ex := range out {
+		got, err := b.q.Execution(ctx, ex.Key)
+		require.NoError(t, err)
+		require.Equal(t, ex.State, got.State)
+		require.True(t, ex.When.Equal(got.When), "returned %v, stored %v", ex.When, got.When)
+		require.True(t, ex.CreatedAt.Equal(got.CreatedAt))
+		require.JSONEq(t, string(ex.Args), string(got.Args))
+	}
+
+	_, err = b.q.Strike(ctx, strike.Rule{Task: Greet{}.TaskName(), Param: "name", Op: strike.Eq, Value: "bad"})
+	require.NoError(t, err)
+	out, err = b.q.AddMany(ctx, []queue.Entry{{Args: Greet{Name: "bad"}}, {Args: Greet{Name: "good"}}})
+	require.NoError(t, err)
+	require.Equal(t, queue.DispositionStruck, out[0].Disposition)
+	require.Equal(t, queue.DispositionScheduled, out[1].Disposition)
+	require.Equal(t, 3, countRows(t, b.pool, b.q.Name()))
 }
 
 func TestBadInputStoresNothing(t *testing.T) {
