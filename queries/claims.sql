@@ -21,16 +21,20 @@ WITH epoch AS (
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 ), judged AS (
-    -- Only tasks judged under other strikes than today's are judged again.
+    -- Only tasks judged under other strikes than today's are judged again;
+    -- the rest (nearly always all of them) pass straight through.
+    SELECT due.tid, NULL::text AS rule, NULL::bool AS hold
+    FROM due WHERE due.strike_epoch = (SELECT e FROM epoch)
+    UNION ALL
     SELECT due.tid, st.rule, st.hold
     FROM due LEFT JOIN LATERAL (
         SELECT s.rule, s.hold FROM shadows.strikes s
-        WHERE due.strike_epoch <> (SELECT e FROM epoch)
-          AND s.queue = @queue::text AND (s.task IS NULL OR s.task = due.task)
+        WHERE s.queue = @queue::text AND (s.task IS NULL OR s.task = due.task)
           AND jsonb_path_exists(due.args, s.path, '{}', true)
         ORDER BY s.hold, s.rule
         LIMIT 1
     ) AS st ON true
+    WHERE due.strike_epoch <> (SELECT e FROM epoch)
 ), set_aside AS (
     UPDATE shadows.tasks t
     SET held = judged.hold,
