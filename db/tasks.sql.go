@@ -57,7 +57,7 @@ WITH epoch AS (
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-    WHERE t.state IN ('completed', 'failed', 'cancelled') OR (t.state = 'running' AND t.cancel_requested)
+    WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.generation, t.run_at, t.created_at
 )
 SELECT coalesce((SELECT rule FROM struck), '')::text AS struck_by,
@@ -86,10 +86,7 @@ type AddTaskRow struct {
 
 // Producer side: adding, replacing and cancelling tasks, reading records.
 // Adds a task unless a strike matches it or its key is live. A key whose
-// record is terminal, or whose run was asked to cancel (as docket, where a
-// cancel frees the key at once), is overwritten with the next generation:
-// the cancelled run, if still winding down, can no longer touch the record.
-// A live key
+// record is terminal is overwritten with the next generation; a live key
 // (scheduled, queued or running) stores nothing and returns a null
 // generation, which the caller reports as "already scheduled". A matching
 // (non-hold) strike stores nothing and names itself in struck_by (” when
@@ -144,7 +141,7 @@ WITH input AS (
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-    WHERE t.state IN ('completed', 'failed', 'cancelled') OR (t.state = 'running' AND t.cancel_requested)
+    WHERE t.state IN ('completed', 'failed', 'cancelled')
     RETURNING t.key, t.generation, t.run_at, t.created_at
 )
 SELECT judged.key::text AS key, coalesce(judged.struck_by, '')::text AS struck_by, ins.generation, ins.run_at, ins.created_at

@@ -284,54 +284,6 @@ func TestCancelRunningTask(t *testing.T) {
 	require.Equal(t, queue.StateCompleted, ex.State, "a handler that ignores the cancellation completes")
 }
 
-// As in docket, a cancel frees the key at once: the same key can be added
-// again while the cancelled run is still winding down, and that run's late
-// outcome does not overwrite the new one's.
-func TestAddAfterCancellingRunningTask(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	started := make(chan string, 2)
-	release := make(chan struct{})
-	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
-		started <- task.Args.ID
-		if task.Args.ID == "first" {
-			<-ctx.Done()
-			<-release // still winding down after the cancel
-			return ctx.Err()
-		}
-		return nil
-	}, worker.Policy{})
-	w := b.worker(t)
-	runCtx, stop := context.WithCancel(context.Background())
-	defer stop()
-	ran := make(chan error, 1)
-	go func() { ran <- w.Run(runCtx) }()
-	ctx := t.Context()
-	_, err := b.q.Add(ctx, Block{ID: "first"}, &queue.AddOpts{Key: "k"})
-	require.NoError(t, err)
-	require.Equal(t, "first", <-started)
-	require.NoError(t, b.q.Cancel(ctx, "k"))
-
-	ex, err := b.q.Add(ctx, Block{ID: "second"}, &queue.AddOpts{Key: "k"})
-	require.NoError(t, err)
-	require.Equal(t, queue.DispositionScheduled, ex.Disposition, "a cancel frees the key")
-	require.Equal(t, "second", <-started)
-	done, err := b.wait(t, "k")
-	require.NoError(t, err)
-	require.Equal(t, queue.StateCompleted, done.State)
-
-	// The first run ends now; stopping the worker drains it, so its outcome
-	// has been offered to the database (and found superseded) when Run
-	// returns.
-	close(release)
-	stop()
-	require.NoError(t, <-ran)
-	got, err := b.q.Execution(ctx, "k")
-	require.NoError(t, err)
-	require.Equal(t, queue.StateCompleted, got.State)
-	require.Equal(t, done.Generation, got.Generation)
-}
-
 func TestCancelledDueTaskNeverRuns(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
