@@ -4,7 +4,9 @@
 -- holder's liveness (only keys near their limit are recounted with the
 -- join), the asking tasks are excluded with a hash anti-join, and a batch
 -- whose keys all have room and no waiters is granted with one insert,
--- without deciding task by task.
+-- without deciding task by task. A run superseded by a replace (its
+-- generation moved on while it was being claimed) can no longer park the
+-- run that replaced it, nor take over that run's slot.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
                                       p_keys text[], p_maxes integer[])
@@ -29,6 +31,7 @@ DECLARE
     p_t       text[] := '{}';
     p_k       text[] := '{}';
     p_m       integer[] := '{}';
+    p_g       bigint[] := '{}';
     v_keys    text[];
     i         integer;
     j         integer;
@@ -88,7 +91,8 @@ BEGIN
         INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots)
         SELECT p_queue, u.k, u.t, u.g, u.m FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
         ON CONFLICT (queue, limit_key, task_key) DO UPDATE
-        SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now();
+        SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now()
+        WHERE shadows.slots.generation <= excluded.generation;
         RETURN;
     END IF;
 
@@ -125,6 +129,7 @@ BEGIN
                 p_t := array_append(p_t, v_cur);
                 p_k := array_append(p_k, v_keys[j]);
                 p_m := array_append(p_m, v_maxes[v_blocked]);
+                p_g := array_append(p_g, v_gen);
                 -- Later tasks on this key queue behind it.
                 IF v_first[j] IS NULL THEN
                     v_first[j] := v_seq;
@@ -144,15 +149,20 @@ BEGIN
     INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots)
     SELECT p_queue, u.k, u.t, u.g, u.m FROM unnest(g_tasks, g_gens, g_keys, g_maxes) AS u(t, g, k, m)
     ON CONFLICT (queue, limit_key, task_key) DO UPDATE
-    SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now();
+    SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now()
+    -- A run superseded by a replace never takes over the slot of the run
+    -- that replaced it.
+    WHERE shadows.slots.generation <= excluded.generation;
 
     IF array_length(p_t, 1) > 0 THEN
         UPDATE shadows.tasks t
         SET state = 'scheduled', waiting_on = u.k, waiting_max = u.m,
             worker = NULL, started_at = NULL, lease_expires_at = NULL,
             deliveries = greatest(t.deliveries - 1, 0)
-        FROM unnest(p_t, p_k, p_m) AS u(t, k, m)
-        WHERE t.queue = p_queue AND t.key = u.t AND t.state = 'running';
+        FROM unnest(p_t, p_k, p_m, p_g) AS u(t, k, m, g)
+        -- Only the claimed generation: a superseded run parks nothing (its
+        -- worker drops it), and never the run that replaced it.
+        WHERE t.queue = p_queue AND t.key = u.t AND t.generation = u.g AND t.state = 'running';
     END IF;
 
     -- Tasks parked behind older waiters while slots were free: wake those

@@ -393,7 +393,9 @@ func (q *Queue) copyMany(ctx context.Context, conn dbtx, stored []*Execution) (b
 	for i, e := range stored {
 		runAt := pre.Now
 		if !e.When.IsZero() {
-			runAt = e.When.Truncate(time.Microsecond) // the database's precision
+			// The database's precision and time zone, as the INSERT path
+			// returns them.
+			runAt = e.When.Truncate(time.Microsecond).In(pre.Now.Location())
 		}
 		rows[i] = []any{q.cfg.Name, e.Key, e.Task, []byte(e.Args), runAt, trace, pre.Epoch}
 		d := !runAt.After(pre.Now)

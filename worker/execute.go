@@ -190,7 +190,7 @@ func (w *Worker) execute(f *inflight) {
 	x.begin = func(r func() string) {
 		render, begin = r, time.Now()
 		if logInfo {
-			call = r()
+			call = renderSafely(r, x.Name)
 			x.Logger.Info("↪ "+call, "lateness", x.started.Sub(x.When).Round(time.Millisecond), "redelivered", x.Redelivered)
 		}
 	}
@@ -202,7 +202,7 @@ func (w *Worker) execute(f *inflight) {
 	// The call is rendered at most once, and only for a line that is logged.
 	callText := func() string {
 		if call == "" {
-			call = render()
+			call = renderSafely(render, x.Name)
 		}
 		return call
 	}
@@ -231,6 +231,17 @@ func (w *Worker) execute(f *inflight) {
 		}
 	}
 	w.done.push(out)
+}
+
+// renderSafely renders a call for the log; a panicking String method of an
+// argument (outside the handler's recover here) yields "name(…)".
+func renderSafely(render func() string, name string) (call string) {
+	defer func() {
+		if recover() != nil {
+			call = name + "(…)"
+		}
+	}()
+	return render()
 }
 
 // measure records a run's outcome in the metrics and its span.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/shadows-go/shadows/queue"
@@ -303,4 +304,63 @@ func TestInvalidConcurrencyLimits(t *testing.T) {
 	}
 	err := worker.Register(worker.NewRegistry(), h, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "database", Max: 1}}})
 	require.ErrorContains(t, err, `the arguments have no such field (they have db)`)
+}
+
+// A run superseded by a replace while it was being claimed (its worker asks
+// for slots with the old generation) must neither park the run that
+// replaced it nor take over that run's slot. The race is staged directly
+// against shadows.acquire_slots.
+func TestSupersededRunLeavesItsReplacementAlone(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		_, err := b.pool.Exec(ctx, sql, args...)
+		require.NoError(t, err)
+	}
+	running := func(key string) {
+		exec(`UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1,
+			lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = $2`, b.q.Name(), key)
+	}
+	acquire := func(key string, generation int64, limitKey string, max int) []string {
+		t.Helper()
+		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5)`,
+			b.q.Name(), []string{key}, []int64{generation}, []string{limitKey}, []int32{int32(max)})
+		require.NoError(t, err)
+		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		return parked
+	}
+
+	// "k" was claimed at generation 1, then replaced (generation 2), and
+	// generation 2 was claimed by another worker and holds slot "free".
+	_, err := b.q.Add(ctx, Backup{DB: "a"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	_, err = b.q.Replace(ctx, Backup{DB: "b"}, queue.AddOpts{Key: "k", When: time.Now()})
+	require.NoError(t, err)
+	running("k")
+	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots) VALUES ($1, 'free', 'k', 2, 5)`, b.q.Name())
+	// "full" is held by another running task, at most 1.
+	_, err = b.q.Add(ctx, Backup{DB: "c"}, &queue.AddOpts{Key: "holder"})
+	require.NoError(t, err)
+	running("holder")
+	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots) VALUES ($1, 'full', 'holder', 1, 1)`, b.q.Name())
+
+	// Generation 1 finds "full" full: it is parked (its worker drops it),
+	// but generation 2's row stays running.
+	require.Equal(t, []string{"k"}, acquire("k", 1, "full", 1))
+	var state string
+	var waiting *string
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT state::text, waiting_on FROM shadows.tasks WHERE queue = $1 AND key = 'k'`,
+		b.q.Name()).Scan(&state, &waiting))
+	require.Equal(t, "running", state)
+	require.Nil(t, waiting)
+
+	// Generation 1 asking for "free" does not take generation 2's slot.
+	require.Empty(t, acquire("k", 1, "free", 5))
+	var generation int64
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT generation FROM shadows.slots WHERE queue = $1 AND limit_key = 'free' AND task_key = 'k'`,
+		b.q.Name()).Scan(&generation))
+	require.Equal(t, int64(2), generation)
 }

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -265,6 +266,19 @@ func (w *Worker) newExecution(key, task string, args json.RawMessage, generation
 	return x
 }
 
+// decodeSafely runs decode, turning a panic (a custom UnmarshalJSON) into
+// the task's decode error: it runs on the claim goroutine, where a panic
+// would take the whole worker down, and then every worker the task is
+// redelivered to.
+func decodeSafely(decode func(json.RawMessage) (any, error), args json.RawMessage) (v any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			v, err = nil, fmt.Errorf("panic: %v", p)
+		}
+	}()
+	return decode(args)
+}
+
 // startAll registers every claimed task as in flight before starting any,
 // so a cancel notification that follows the claim always finds its task.
 func (w *Worker) startAll(claimed []*execution, tasks *sync.WaitGroup) {
@@ -274,7 +288,7 @@ func (w *Worker) startAll(claimed []*execution, tasks *sync.WaitGroup) {
 	runs := make([]*inflight, len(claimed))
 	for i, x := range claimed {
 		if reg := w.reg.lookup(x.Name); reg != nil && reg.decode != nil && x.preErr == nil {
-			x.decoded, x.decodeErr = reg.decode(x.args)
+			x.decoded, x.decodeErr = decodeSafely(reg.decode, x.args)
 			x.predecoded = true
 		}
 		runs[i] = w.inflight.add(x)

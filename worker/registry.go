@@ -219,7 +219,10 @@ func typedRun[T queue.Args](h Handler[T], layout *argtag.Layout, policy *compile
 			x.begin(func() string { return x.Name + "(…)" })
 			return nil, &ArgsError{Task: x.Name, Err: err}
 		}
-		x.begin(func() string { return x.Name + "(" + layout.Format(t.Args) + ")" })
+		// The arguments as the handler got them (a shallow copy: the
+		// handler may change its own), rendered only if a line is logged.
+		args := t.Args
+		x.begin(func() string { return x.Name + "(" + layout.Format(args) + ")" })
 		ctx = context.WithValue(ctx, infoKey{}, &t.Info)
 		err = x.w.withMiddleware(ctx, &t.Info, func(ctx context.Context) error { return h(ctx, t) })
 		return t.result, err

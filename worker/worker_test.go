@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -182,6 +183,62 @@ func TestRunsTasksAndRecordsResults(t *testing.T) {
 	require.Equal(t, "asked to fail", te.Message)
 	require.Equal(t, queue.StateFailed, ex.State)
 	require.Equal(t, "asked to fail", ex.Error)
+}
+
+// Touchy's arguments panic while they are decoded or printed.
+type Touchy struct {
+	Mood Mood `json:"mood" shadows:"logged"`
+}
+
+func (Touchy) TaskName() string { return "touchy" }
+
+type Mood string
+
+func (m *Mood) UnmarshalJSON(b []byte) error {
+	if string(b) == `"explosive"` {
+		panic("cannot decode an explosive mood")
+	}
+	*m = Mood(strings.Trim(string(b), `"`))
+	return nil
+}
+
+func (m Mood) String() string {
+	if m == "grumpy" {
+		panic("cannot print a grumpy mood")
+	}
+	return string(m)
+}
+
+// A panic while arguments are decoded (before the handler) fails that task
+// only; a panic while its call is rendered for the log costs nothing.
+func TestPanicsOutsideTheHandler(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Touchy]) error {
+		if task.Args.Mood == "grumpy" {
+			return errors.New("grumpy") // logged with its call, which cannot be printed
+		}
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	for _, mood := range []string{"explosive", "grumpy", "calm"} {
+		_, err := b.pool.Exec(ctx, `INSERT INTO shadows.tasks (queue, key, task, args) VALUES ($1, $2, 'touchy', jsonb_build_object('mood', $2::text))`,
+			b.q.Name(), mood)
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+
+	ex, err := b.wait(t, "explosive")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "panic: cannot decode an explosive mood")
+	ex, err = b.wait(t, "grumpy")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "grumpy")
+	ex, err = b.wait(t, "calm")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
 }
 
 func TestPanicsAndBadArgumentsFailOnlyTheirTask(t *testing.T) {

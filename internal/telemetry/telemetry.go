@@ -144,7 +144,9 @@ func Inject(ctx context.Context) json.RawMessage {
 }
 
 // StartRun starts the consumer span of a task run, linked to the span that
-// added the task when its trace context was stored.
+// added the task when its trace context was stored. The span starts with
+// its kind only; its attributes and link are added once it is known to be
+// recorded, so a sampler sees the span name and kind, not the attributes.
 func (t *Telemetry) StartRun(ctx context.Context, task string, stored json.RawMessage, key string, attempt int) (context.Context, trace.Span) {
 	ctx, span := t.tracer.Start(ctx, task, consumerSpan)
 	if !span.IsRecording() {
