@@ -8,10 +8,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/shadows-go/shadows/queue"
@@ -136,7 +132,7 @@ func (b *bench) waiting(ctx context.Context, window time.Duration) (xactPerS, cp
 	if err != nil {
 		return 0, 0, err
 	}
-	c0 := postgresCPU()
+	c0, _ := dbCPUSeconds()
 	t0 := time.Now()
 	select {
 	case <-time.After(window):
@@ -147,7 +143,7 @@ func (b *bench) waiting(ctx context.Context, window time.Duration) (xactPerS, cp
 	if err != nil {
 		return 0, 0, err
 	}
-	c1 := postgresCPU()
+	c1, _ := dbCPUSeconds()
 	el := time.Since(t0).Seconds()
 	if n, err := parked(); err != nil || n != 1000 {
 		return 0, 0, fmt.Errorf("waiting: %d tasks parked at the end of the window (%v)", n, err)
@@ -179,33 +175,3 @@ func xactCommits(ctx context.Context, b *bench) (int64, error) {
 	return n, err
 }
 
-// postgresCPU sums the CPU seconds used so far by this machine's postgres
-// processes (0 where /proc cannot be read).
-func postgresCPU() float64 {
-	dirs, _ := filepath.Glob("/proc/[0-9]*")
-	var ticks float64
-	for _, d := range dirs {
-		comm, err := os.ReadFile(filepath.Join(d, "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "postgres" {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join(d, "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command name in parentheses: utime is the 14th
-		// field, stime the 15th.
-		_, rest, ok := strings.Cut(string(stat), ") ")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) < 13 {
-			continue
-		}
-		u, _ := strconv.ParseFloat(f[11], 64)
-		s, _ := strconv.ParseFloat(f[12], 64)
-		ticks += u + s
-	}
-	return ticks / 100 // USER_HZ
-}

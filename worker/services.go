@@ -176,15 +176,24 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 		p.NextRunAts[i], p.NextArgs[i], p.NextAttempts[i] = o.nextAt, string(o.nextArgs), int32(o.nextAttempt)
 		p.Deliveries[i] = o.deliveries
 	}
-	f.flushMu.Lock() // lease renewal locks the same rows
+	return f.record(ctx, n, func(ctx context.Context) (int64, error) {
+		row, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
+		return row.N, err
+	})
+}
+
+// record runs one outcome statement for n outcomes, serialised with lease
+// renewal (which locks the same rows), and counts the outcomes it did not
+// record: runs whose task was replaced, or whose lease was taken over,
+// meanwhile.
+func (f *finisher) record(ctx context.Context, n int, run func(context.Context) (int64, error)) error {
+	f.flushMu.Lock()
 	defer f.flushMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout/4)
 	defer cancel()
-	row, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
-	if err == nil && row.N < int64(n) {
-		// Outcomes of runs whose task was replaced (or whose lease was
-		// taken over) meanwhile: not recorded.
-		f.w.tel.Superseded.Add(ctx, int64(n)-row.N, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
+	recorded, err := run(ctx)
+	if err == nil && recorded < int64(n) {
+		f.w.tel.Superseded.Add(ctx, int64(n)-recorded, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
 	}
 	return err
 }
@@ -213,15 +222,10 @@ func (f *finisher) complete(ctx context.Context, batch []outcome) error {
 	for i, o := range batch {
 		p.Keys[i], p.Generations[i], p.Deliveries[i] = o.key.key, o.key.generation, o.deliveries
 	}
-	f.flushMu.Lock() // lease renewal locks the same rows
-	defer f.flushMu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout/4)
-	defer cancel()
-	row, err := f.w.queries.CompleteTasks(ctx, f.w.pool, p)
-	if err == nil && row.N < int64(n) {
-		f.w.tel.Superseded.Add(ctx, int64(n)-row.N, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
-	}
-	return err
+	return f.record(ctx, n, func(ctx context.Context) (int64, error) {
+		row, err := f.w.queries.CompleteTasks(ctx, f.w.pool, p)
+		return row.N, err
+	})
 }
 
 func (w *Worker) ttlSeconds() float64 {
