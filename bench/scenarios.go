@@ -174,4 +174,3 @@ func xactCommits(ctx context.Context, b *bench) (int64, error) {
 	}
 	return n, err
 }
-
