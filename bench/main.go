@@ -35,6 +35,12 @@
 // writing to shadows.tasks in the same database during a burn shows up in
 // them; point the bench at a database of its own for clean counts.
 //
+// Each burn also prints the CPU seconds of the worker process and of the
+// local PostgreSQL server (every postgres process, reaped backends
+// included, read from /proc), and the transactions the database committed.
+// SHADOWS_BENCH_CPUPROFILE=file and SHADOWS_BENCH_MEMPROFILE=file write
+// pprof profiles of the worker processes (each child overwrites the file).
+//
 // Every step has a deadline: a hung worker process is killed, a hung pgfloor
 // too, and the run fails with a message saying which step did not finish.
 package main
