@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/shadows-go/shadows/db"
 	"github.com/shadows-go/shadows/internal/telemetry"
@@ -160,27 +161,50 @@ func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, re
 	return e, nil
 }
 
-// count records an add's disposition in the metrics.
-func (q *Queue) count(ctx context.Context, e *Execution, replace bool) {
-	attrs := q.tel.Attrs(telemetry.TaskKey.String(e.Task))
+// tally counts adds of one task name by disposition, for the metrics.
+type tally struct{ added, scheduled, struck, replaced int64 }
+
+func (t *tally) note(e *Execution, replace bool) {
 	switch e.Disposition {
 	case DispositionStruck:
-		q.tel.Struck.Add(ctx, 1, attrs)
+		t.struck++
 		return
 	case DispositionScheduled:
-		q.tel.Scheduled.Add(ctx, 1, attrs)
+		t.scheduled++
 	}
-	q.tel.Added.Add(ctx, 1, attrs)
+	t.added++
 	if replace {
-		q.tel.Replaced.Add(ctx, 1, attrs)
-		q.tel.Cancelled.Add(ctx, 1, attrs) // the copy it replaced, as docket counts
+		t.replaced++
 	}
+}
+
+// record adds a tally of task's adds to the metrics.
+func (q *Queue) record(ctx context.Context, task string, t *tally) {
+	attrs := q.tel.Attrs(telemetry.TaskKey.String(task))
+	for _, c := range []struct {
+		counter metric.Int64Counter
+		n       int64
+	}{
+		{q.tel.Struck, t.struck}, {q.tel.Scheduled, t.scheduled}, {q.tel.Added, t.added},
+		{q.tel.Replaced, t.replaced},
+		{q.tel.Cancelled, t.replaced}, // the copy each replace cancelled, as docket counts
+	} {
+		if c.n > 0 {
+			c.counter.Add(ctx, c.n, attrs)
+		}
+	}
+}
+
+// count records an add's disposition in the metrics.
+func (q *Queue) count(ctx context.Context, e *Execution, replace bool) {
+	var t tally
+	t.note(e, replace)
+	q.record(ctx, e.Task, &t)
 }
 
 // countMany is count for a batch: one addition per task name and
 // disposition instead of one per task.
 func (q *Queue) countMany(ctx context.Context, batch []*Execution) {
-	type tally struct{ added, scheduled, struck int64 }
 	byTask := map[string]*tally{}
 	for _, e := range batch {
 		t := byTask[e.Task]
@@ -188,26 +212,10 @@ func (q *Queue) countMany(ctx context.Context, batch []*Execution) {
 			t = &tally{}
 			byTask[e.Task] = t
 		}
-		switch e.Disposition {
-		case DispositionStruck:
-			t.struck++
-			continue
-		case DispositionScheduled:
-			t.scheduled++
-		}
-		t.added++
+		t.note(e, false)
 	}
 	for task, t := range byTask {
-		attrs := q.tel.Attrs(telemetry.TaskKey.String(task))
-		if t.struck > 0 {
-			q.tel.Struck.Add(ctx, t.struck, attrs)
-		}
-		if t.scheduled > 0 {
-			q.tel.Scheduled.Add(ctx, t.scheduled, attrs)
-		}
-		if t.added > 0 {
-			q.tel.Added.Add(ctx, t.added, attrs)
-		}
+		q.record(ctx, task, t)
 	}
 }
 
@@ -271,7 +279,7 @@ func (q *Queue) AddManyTx(ctx context.Context, tx pgx.Tx, entries []Entry) ([]*E
 	return q.addMany(ctx, tx, entries)
 }
 
-func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []*Execution, err error) {
+func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []*Execution, err error) {
 	ctx, span := q.tel.StartSpan(ctx, "shadows.add_many", attribute.Int("shadows.tasks", len(entries)))
 	defer func() {
 		q.countMany(ctx, out)
@@ -307,16 +315,13 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []
 			stored = append(stored, e)
 		}
 	}
+	due, copied := false, false
 	if generated {
-		if ok, err := q.copyMany(ctx, conn, stored); ok || err != nil {
-			if err != nil {
-				return nil, err
-			}
-			return out, nil
+		if copied, due, err = q.copyMany(ctx, tx, stored); err != nil {
+			return nil, err
 		}
 	}
-	due := false
-	for start := 0; start < len(stored); start += addManyChunk {
+	for start := 0; !copied && start < len(stored); start += addManyChunk {
 		chunk := stored[start:min(start+addManyChunk, len(stored))]
 		p := db.AddTasksParams{
 			Queue:        q.cfg.Name,
@@ -331,7 +336,7 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []
 			p.Keys[i], p.Tasks[i], p.Args[i] = e.Key, e.Task, string(e.Args)
 			p.RunAts[i], p.RunAtSets[i] = e.When, !e.When.IsZero()
 		}
-		rows, err := q.queries.AddTasks(ctx, conn, p)
+		rows, err := q.queries.AddTasks(ctx, tx, p)
 		if err != nil {
 			return nil, fmt.Errorf("add many: %w", err)
 		}
@@ -354,7 +359,7 @@ func (q *Queue) addMany(ctx context.Context, conn dbtx, entries []Entry) (out []
 		}
 	}
 	if due {
-		if err := q.queries.NotifyReady(ctx, conn, q.cfg.Name); err != nil {
+		if err := q.queries.NotifyReady(ctx, tx, q.cfg.Name); err != nil {
 			return nil, fmt.Errorf("add many: notify: %w", err)
 		}
 	}
@@ -371,24 +376,20 @@ var copyColumns = []string{"queue", "key", "task", "args", "run_at", "trace_cont
 // INSERT … ON CONFLICT per chunk. It applies only while the queue has no
 // strikes (checked in the same transaction; a strike that arrives later
 // moves the strike epoch on, and the claim judges these rows then) and
-// reports false, having written nothing, when it does not apply.
-func (q *Queue) copyMany(ctx context.Context, conn dbtx, stored []*Execution) (bool, error) {
-	tx, ok := conn.(pgx.Tx)
-	if !ok {
-		return false, nil
-	}
+// reports copied false, having written nothing, when it does not apply;
+// due reports whether any copied task is already due.
+func (q *Queue) copyMany(ctx context.Context, tx pgx.Tx, stored []*Execution) (copied, due bool, err error) {
 	pre, err := q.queries.AddManyPrelude(ctx, tx, q.cfg.Name)
 	if err != nil {
-		return false, fmt.Errorf("add many: %w", err)
+		return false, false, fmt.Errorf("add many: %w", err)
 	}
 	if pre.HasStrikes {
-		return false, nil
+		return false, false, nil
 	}
 	var trace any // NULL unless there is a trace context to store
 	if tc := telemetry.Inject(ctx); len(tc) > 0 {
 		trace = tc
 	}
-	due := false
 	rows := make([][]any, len(stored))
 	for i, e := range stored {
 		runAt := pre.Now
@@ -404,14 +405,9 @@ func (q *Queue) copyMany(ctx context.Context, conn dbtx, stored []*Execution) (b
 		e.fillAdded(1, runAt, pre.Now, d)
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"shadows", "tasks"}, copyColumns, pgx.CopyFromRows(rows)); err != nil {
-		return false, fmt.Errorf("add many: %w", err)
+		return false, false, fmt.Errorf("add many: %w", err)
 	}
-	if due {
-		if err := q.queries.NotifyReady(ctx, tx, q.cfg.Name); err != nil {
-			return false, fmt.Errorf("add many: notify: %w", err)
-		}
-	}
-	return true, nil
+	return true, due, nil
 }
 
 // Cancel stops the task with key. A task that has not started never will; a

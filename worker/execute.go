@@ -130,7 +130,7 @@ type outcome struct {
 // execute runs one claimed task and hands its outcome to the finisher.
 func (w *Worker) execute(f *inflight) {
 	x := f.x
-	reg := w.reg.lookup(x.Name)
+	reg := x.reg
 	if reg == nil {
 		reg = w.fallback
 	}

@@ -287,9 +287,9 @@ func (w *Worker) startAll(claimed []*execution, tasks *sync.WaitGroup) {
 	}
 	runs := make([]*inflight, len(claimed))
 	for i, x := range claimed {
-		if reg := w.reg.lookup(x.Name); reg != nil && reg.decode != nil && x.preErr == nil {
-			x.decoded, x.decodeErr = decodeSafely(reg.decode, x.args)
-			x.predecoded = true
+		x.reg = w.reg.lookup(x.Name)
+		if x.reg != nil && x.reg.decode != nil && x.preErr == nil {
+			x.decoded, x.decodeErr = decodeSafely(x.reg.decode, x.args)
 		}
 		runs[i] = w.inflight.add(x)
 	}

@@ -87,11 +87,12 @@ type execution struct {
 	// before its handler is called.
 	slots  []slotRequest
 	preErr error
-	// decoded holds decode's result when the claim loop decoded the
-	// arguments ahead of the run (predecoded).
-	decoded    any
-	decodeErr  error
-	predecoded bool
+	// reg is the task's registration, looked up once when it is started
+	// (nil: no handler knows the name). decoded and decodeErr are its
+	// arguments, decoded by the claim loop before the run starts.
+	reg       *registration
+	decoded   any
+	decodeErr error
 	// begin is called once the arguments decode, with a function that
 	// renders the call for the log (called only when something is logged).
 	begin func(call func() string)
@@ -205,15 +206,10 @@ func typedRun[T queue.Args](h Handler[T], layout *argtag.Layout, policy *compile
 			t.Perpetual = &PerpetualRun[T]{s: x.perpetual}
 		}
 		var err error
-		switch raw, isRaw := any(&t.Args).(*RawArgs); {
-		case isRaw:
+		if raw, isRaw := any(&t.Args).(*RawArgs); isRaw {
 			*raw = RawArgs{Name: x.Name, JSON: x.args}
-		case x.predecoded:
-			if err = x.decodeErr; err == nil {
-				t.Args = *x.decoded.(*T)
-			}
-		default:
-			err = json.Unmarshal(x.args, &t.Args)
+		} else if err = x.decodeErr; err == nil {
+			t.Args = *x.decoded.(*T) // decoded by startAll
 		}
 		if err != nil {
 			x.begin(func() string { return x.Name + "(…)" })
