@@ -123,6 +123,17 @@ func (b *bench) all(ctx context.Context) error {
 			return err
 		}
 	}
+	var sqlOnly sqlResult
+	if o.phases["sql"] {
+		if floorBurn.rate == 0 {
+			if floorBurn, err = b.floor.run(ctx, o.url, b.floorTimeout(), "-mode", "burn", "-n", n); err != nil {
+				return err
+			}
+		}
+		if sqlOnly, err = b.shadowsSQL(ctx); err != nil {
+			return err
+		}
+	}
 	var waitXact, waitCPU float64
 	if o.phases["waiting"] {
 		if waitXact, waitCPU, err = b.waiting(ctx, 10*time.Second); err != nil {
@@ -173,6 +184,9 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	if o.phases["limits"] {
 		logf("limits ratio=%s shadows=%.0f pgfloor=%.0f", ratio(limits.rate, floorBurn.rate), limits.rate, floorBurn.rate)
+	}
+	if o.phases["sql"] {
+		logf("sql ratio=%s shadows=%.0f pgfloor=%.0f", ratio(sqlOnly.rate, floorBurn.rate), sqlOnly.rate, floorBurn.rate)
 	}
 	if o.phases["waiting"] {
 		logf("waiting xact_per_s=%.1f db_cpu_pct=%.1f", waitXact, waitCPU)
