@@ -164,16 +164,23 @@ func (w *Worker) execute(f *inflight) {
 	attrs := w.attrs(x.Name)
 	runCtx, span := w.tel.StartRun(f.ctx, x.Name, x.traceContext, x.Key, x.Attempt)
 	defer span.End()
-	w.tel.Started.Add(runCtx, 1, attrs)
+	// Each instrument is asked whether anything records it before a
+	// measurement is made: without an SDK (or with a view dropping it) a
+	// call would still allocate its options.
+	add(runCtx, w.tel.Started, attrs)
 	if x.Redelivered {
-		w.tel.Redelivered.Add(runCtx, 1, attrs)
+		add(runCtx, w.tel.Redelivered, attrs)
 	}
-	w.tel.Lateness.Record(runCtx, x.started.Sub(x.When).Seconds(), attrs)
-	w.tel.Running.Add(runCtx, 1, attrs)
-	defer w.tel.Running.Add(runCtx, -1, attrs)
+	if w.tel.Lateness.Enabled(runCtx) {
+		w.tel.Lateness.Record(runCtx, x.started.Sub(x.When).Seconds(), attrs)
+	}
+	if running := w.tel.Running; running.Enabled(runCtx) {
+		running.Add(runCtx, 1, attrs)
+		defer running.Add(runCtx, -1, attrs) // the same decision for both ends
+	}
 
 	x.timeout = &Timeout{base: policy.Timeout}
-	ctx, stop := x.timeout.start(runCtx, &errTimeout{key: x.Key, limit: policy.Timeout})
+	ctx, stop := x.timeout.start(runCtx, x.Key)
 	defer stop()
 	if policy.perpetual() {
 		x.perpetual = &perpetualState{}
@@ -181,32 +188,13 @@ func (w *Worker) execute(f *inflight) {
 			x.perpetual.every = policy.Perpetual.Every
 		}
 	}
-	logInfo := x.Logger.Enabled(ctx, slog.LevelInfo)
-	var (
-		begin  time.Time
-		render func() string
-		call   string
-	)
-	x.begin = func(r func() string) {
-		render, begin = r, time.Now()
-		if logInfo {
-			call = renderSafely(r, x.Name)
-			x.Logger.Info("↪ "+call, "lateness", x.started.Sub(x.When).Round(time.Millisecond), "redelivered", x.Redelivered)
-		}
-	}
+	x.logInfo = x.Logger.Enabled(ctx, slog.LevelInfo)
 	result, err := w.call(ctx, reg, x)
-	if begin.IsZero() { // the handler never started
-		begin = time.Now()
-		call = x.Name + "(…)"
+	if x.began.IsZero() { // the handler never started
+		x.began = time.Now()
+		x.call = x.Name + "(…)"
 	}
-	// The call is rendered at most once, and only for a line that is logged.
-	callText := func() string {
-		if call == "" {
-			call = renderSafely(render, x.Name)
-		}
-		return call
-	}
-	took := time.Since(begin).Round(time.Microsecond)
+	took := time.Since(x.began).Round(time.Microsecond)
 	if err != nil {
 		if c := context.Cause(ctx); errors.Is(err, context.Canceled) && c != nil && !errors.Is(c, context.Canceled) {
 			err = c // the time limit, not a bare "context canceled"
@@ -216,18 +204,18 @@ func (w *Worker) execute(f *inflight) {
 	w.measure(runCtx, span, x, &out, err, took, attrs)
 	switch out.state {
 	case stateFailed:
-		x.Logger.Error("↩ "+callText()+" failed", "duration", took, "error", out.err)
+		x.Logger.Error("↩ "+x.callText()+" failed", "duration", took, "error", out.err)
 	case stateRescheduled:
 		level, suffix := slog.LevelInfo, ""
 		if err != nil {
 			level, suffix = slog.LevelError, " failed; rescheduled"
 		}
 		if x.Logger.Enabled(ctx, level) {
-			x.Logger.Log(ctx, level, "↫ "+callText()+suffix, "duration", took, "next", out.nextAt, "next_attempt", out.nextAttempt, "error", out.err)
+			x.Logger.Log(ctx, level, "↫ "+x.callText()+suffix, "duration", took, "next", out.nextAt, "next_attempt", out.nextAttempt, "error", out.err)
 		}
 	default:
-		if logInfo {
-			x.Logger.Info("↩ "+callText(), "state", out.state, "duration", took)
+		if x.logInfo {
+			x.Logger.Info("↩ "+x.callText(), "state", out.state, "duration", took)
 		}
 	}
 	w.done.push(out)
@@ -246,24 +234,33 @@ func renderSafely(render func() string, name string) (call string) {
 
 // measure records a run's outcome in the metrics and its span.
 func (w *Worker) measure(ctx context.Context, span trace.Span, x *execution, out *outcome, err error, took time.Duration, attrs metric.MeasurementOption) {
-	w.tel.Duration.Record(ctx, took.Seconds(), attrs)
-	w.tel.Completed.Add(ctx, 1, attrs)
+	if w.tel.Duration.Enabled(ctx) {
+		w.tel.Duration.Record(ctx, took.Seconds(), attrs)
+	}
+	add(ctx, w.tel.Completed, attrs)
 	switch {
 	case err == nil:
-		w.tel.Succeeded.Add(ctx, 1, attrs)
+		add(ctx, w.tel.Succeeded, attrs)
 	case out.state == stateCancelled:
 		// A cancel is not a failure.
 	default:
-		w.tel.Failed.Add(ctx, 1, attrs)
+		add(ctx, w.tel.Failed, attrs)
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 	}
 	if out.state == stateRescheduled {
 		if out.nextAttempt > x.Attempt {
-			w.tel.Retried.Add(ctx, 1, attrs)
+			add(ctx, w.tel.Retried, attrs)
 		} else {
-			w.tel.Perpetuated.Add(ctx, 1, attrs)
+			add(ctx, w.tel.Perpetuated, attrs)
 		}
+	}
+}
+
+// add counts one on c if anything records c.
+func add(ctx context.Context, c metric.Int64Counter, attrs metric.MeasurementOption) {
+	if c.Enabled(ctx) {
+		c.Add(ctx, 1, attrs)
 	}
 }
 

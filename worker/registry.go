@@ -93,9 +93,29 @@ type execution struct {
 	reg       *registration
 	decoded   any
 	decodeErr error
-	// begin is called once the arguments decode, with a function that
-	// renders the call for the log (called only when something is logged).
-	begin func(call func() string)
+	// The call as the log shows it: see begin.
+	logInfo bool          // info lines are logged: render the call at once
+	began   time.Time     // when the handler was called (zero: never)
+	render  func() string // renders the call; nil until begin
+	call    string        // the rendered call, once rendered
+}
+
+// begin marks the handler's start, with a function that renders the call
+// for the log (called only when something is logged).
+func (x *execution) begin(render func() string) {
+	x.render, x.began = render, time.Now()
+	if x.logInfo {
+		x.call = renderSafely(render, x.Name)
+		x.Logger.Info("↪ "+x.call, "lateness", x.started.Sub(x.When).Round(time.Millisecond), "redelivered", x.Redelivered)
+	}
+}
+
+// callText is the call as the log shows it, rendered at most once.
+func (x *execution) callText() string {
+	if x.call == "" {
+		x.call = renderSafely(x.render, x.Name)
+	}
+	return x.call
 }
 
 // NewRegistry returns a registry holding the built-in tasks trace, fail and
@@ -200,7 +220,13 @@ func typedDecode[T queue.Args]() func(json.RawMessage) (any, error) {
 
 func typedRun[T queue.Args](h Handler[T], layout *argtag.Layout, policy *compiledPolicy) func(context.Context, *execution) (json.RawMessage, error) {
 	return func(ctx context.Context, x *execution) (json.RawMessage, error) {
-		t := &Task[T]{Info: x.Info, Timeout: x.timeout, Progress: &Progress{w: x.w, x: x}}
+		// The task and its progress in one allocation.
+		box := &struct {
+			t Task[T]
+			p Progress
+		}{p: Progress{w: x.w, x: x}}
+		t := &box.t
+		t.Info, t.Timeout, t.Progress = x.Info, x.timeout, &box.p
 		t.Attempts = policy.attempts
 		if x.perpetual != nil {
 			t.Perpetual = &PerpetualRun[T]{s: x.perpetual}
@@ -220,7 +246,11 @@ func typedRun[T queue.Args](h Handler[T], layout *argtag.Layout, policy *compile
 		args := t.Args
 		x.begin(func() string { return x.Name + "(" + layout.Format(args) + ")" })
 		ctx = context.WithValue(ctx, infoKey{}, &t.Info)
-		err = x.w.withMiddleware(ctx, &t.Info, func(ctx context.Context) error { return h(ctx, t) })
+		if len(x.w.cfg.Middleware) == 0 {
+			err = h(ctx, t)
+		} else {
+			err = x.w.withMiddleware(ctx, &t.Info, func(ctx context.Context) error { return h(ctx, t) })
+		}
 		return t.result, err
 	}
 }

@@ -126,10 +126,11 @@ func (t *Timeout) Extend(d time.Duration) {
 
 // start arms the limit on ctx: when it passes, ctx is cancelled with
 // cause. It returns the context and a stop function.
-func (t *Timeout) start(ctx context.Context, cause error) (context.Context, func()) {
+func (t *Timeout) start(ctx context.Context, key string) (context.Context, func()) {
 	if t.base <= 0 {
 		return ctx, func() {}
 	}
+	cause := &errTimeout{key: key, limit: t.base}
 	ctx, cancel := context.WithCancelCause(ctx)
 	t.mu.Lock()
 	t.deadline = time.Now().Add(t.base)
