@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/shadows-go/shadows/db"
@@ -77,6 +78,7 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 		errOnce.Do(func() { firstErr = err; cancel() })
 	}
 	dbBefore, dbOK := dbCPUSeconds()
+	selfBefore := processCPUSeconds()
 	start := time.Now()
 	for range sqlFloorWorkers {
 		wg.Go(func() {
@@ -118,12 +120,21 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 		return r, firstErr
 	}
 	r.rate = float64(done.Load()) / elapsed.Seconds()
-	cpu := ""
+	cpu := fmt.Sprintf("; bench process CPU %.2fs", processCPUSeconds()-selfBefore)
 	if dbAfter, ok := dbCPUSeconds(); ok && dbOK {
 		r.dbCPU = dbAfter - dbBefore
-		cpu = fmt.Sprintf("; database CPU %.2fs", r.dbCPU)
+		cpu += fmt.Sprintf(", database CPU %.2fs", r.dbCPU)
 	}
 	logf("shadows sql: %d tasks in %.2fs = %.0f tasks/s (ClaimDue + CompleteTasks only, %d connections × %d per claim, ExecutionTTL=15m%s)",
 		done.Load(), elapsed.Seconds(), r.rate, sqlFloorWorkers, sqlFloorBatch, cpu)
 	return r, nil
+}
+
+// processCPUSeconds is the user and system CPU time of this process so far.
+func processCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

@@ -525,7 +525,7 @@ func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsPar
 
 const renewLeases = `-- name: RenewLeases :many
 WITH mine AS (
-    SELECT t.ctid AS tid, t.key, t.cancel_requested
+    SELECT t.ctid AS tid, t.key, t.generation, t.cancel_requested
     FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
                  unnest($3::int[]) AS deliveries) AS u
     JOIN LATERAL (
@@ -542,7 +542,7 @@ WITH mine AS (
     SET lease_expires_at = now() + make_interval(secs => $6::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
-SELECT key FROM mine WHERE cancel_requested
+SELECT key, generation FROM mine WHERE cancel_requested
 `
 
 type RenewLeasesParams struct {
@@ -554,11 +554,16 @@ type RenewLeasesParams struct {
 	LeaseSeconds float64
 }
 
-// Extends the leases of this worker's running tasks and returns the keys
-// among them that a cancel asked to stop. Each row is found by its primary
+type RenewLeasesRow struct {
+	Key        string
+	Generation int64
+}
+
+// Extends the leases of this worker's running tasks and returns the runs
+// (key and generation) among them that a cancel asked to stop. Each row is found by its primary
 // key and locked, in the order given (the caller sorts by key, as
 // FinishTasks' caller does, so the two never deadlock).
-func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParams) ([]string, error) {
+func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParams) ([]RenewLeasesRow, error) {
 	rows, err := db.Query(ctx, renewLeases,
 		arg.Keys,
 		arg.Generations,
@@ -571,13 +576,13 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 		return nil, err
 	}
 	defer rows.Close()
-	var items []string
+	var items []RenewLeasesRow
 	for rows.Next() {
-		var key string
-		if err := rows.Scan(&key); err != nil {
+		var i RenewLeasesRow
+		if err := rows.Scan(&i.Key, &i.Generation); err != nil {
 			return nil, err
 		}
-		items = append(items, key)
+		items = append(items, i)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err

@@ -101,12 +101,12 @@ ORDER BY run_at, seq
 LIMIT 1;
 
 -- name: RenewLeases :many
--- Extends the leases of this worker's running tasks and returns the keys
--- among them that a cancel asked to stop. Each row is found by its primary
+-- Extends the leases of this worker's running tasks and returns the runs
+-- (key and generation) among them that a cancel asked to stop. Each row is found by its primary
 -- key and locked, in the order given (the caller sorts by key, as
 -- FinishTasks' caller does, so the two never deadlock).
 WITH mine AS (
-    SELECT t.ctid AS tid, t.key, t.cancel_requested
+    SELECT t.ctid AS tid, t.key, t.generation, t.cancel_requested
     FROM (SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
                  unnest(@deliveries::int[]) AS deliveries) AS u
     JOIN LATERAL (
@@ -123,7 +123,7 @@ WITH mine AS (
     SET lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
-SELECT key FROM mine WHERE cancel_requested;
+SELECT key, generation FROM mine WHERE cancel_requested;
 
 -- name: FinishTasks :one
 -- Records how a batch of runs ended, each in one of two ways:

@@ -3,8 +3,9 @@
 -- name: AddTask :one
 -- Adds a task unless a strike matches it or its key is live. A key whose
 -- record is terminal is overwritten with the next generation; a live key
--- (scheduled, queued or running) stores nothing and returns a null
--- generation, which the caller reports as "already scheduled". A matching
+-- (scheduled, queued or running, unless a cancel ended it) stores nothing
+-- and returns a null generation, which the caller reports as "already
+-- scheduled". A matching
 -- (non-hold) strike stores nothing and names itself in struck_by ('' when
 -- none does). Due tasks
 -- wake idle workers through one notification.
@@ -29,7 +30,11 @@ WITH epoch AS (
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-    WHERE t.state IN ('completed', 'failed', 'cancelled')
+    -- An ended key, or a running one that a cancel already ended as far
+    -- as users can see (its handler is winding down): as docket does, a
+    -- cancel frees the key at once. The old run can no longer record
+    -- anything (its generation is gone).
+    WHERE t.state IN ('completed', 'failed', 'cancelled') OR (t.state = 'running' AND t.cancel_requested)
     RETURNING t.generation, t.run_at, t.created_at
 )
 SELECT coalesce((SELECT rule FROM struck), '')::text AS struck_by,
@@ -104,7 +109,11 @@ WITH input AS (
     lease_expires_at = NULL, finished_at = NULL, expires_at = NULL,
     error = NULL, result = NULL, created_at = now(), held = excluded.held, waiting_on = NULL, waiting_max = NULL,
     progress_current = NULL, progress_total = NULL, progress_message = NULL, progress_at = NULL
-    WHERE t.state IN ('completed', 'failed', 'cancelled')
+    -- An ended key, or a running one that a cancel already ended as far
+    -- as users can see (its handler is winding down): as docket does, a
+    -- cancel frees the key at once. The old run can no longer record
+    -- anything (its generation is gone).
+    WHERE t.state IN ('completed', 'failed', 'cancelled') OR (t.state = 'running' AND t.cancel_requested)
     RETURNING t.key, t.generation, t.run_at, t.created_at
 )
 SELECT judged.key::text AS key, coalesce(judged.struck_by, '')::text AS struck_by, ins.generation, ins.run_at, ins.created_at
@@ -125,27 +134,34 @@ SELECT pg_notify('shadows_ready', @queue::text);
 -- name: CancelTask :one
 -- Cancels a task that has not ended. The claim query only takes scheduled
 -- rows, so a cancelled task that was due but unclaimed can never start. A
--- running task keeps running until its worker, told by a notification,
--- cancels its handler and records how it ended.
+-- running task is ended at once as far as users see it (its record reads
+-- cancelled, from now, and its key can be added again), while its worker,
+-- told by a notification naming the run's generation, cancels the handler
+-- and records how it really ended: cancelled, or completed if the handler
+-- ignored the cancel. Until then the row stays running, so the run keeps
+-- its lease and its concurrency slots. Result waiters are woken.
 WITH old AS (
-    SELECT key, state FROM shadows.tasks
+    SELECT key, state, generation FROM shadows.tasks
     WHERE queue = @queue::text AND key = @key::text AND state IN ('scheduled', 'running')
     FOR UPDATE
 ), upd AS (
     UPDATE shadows.tasks t
     SET state = CASE WHEN old.state = 'running' THEN t.state ELSE 'cancelled' END,
         cancel_requested = (old.state = 'running'),
-        finished_at = CASE WHEN old.state = 'running' THEN NULL ELSE now() END,
+        -- A second cancel of a winding-down run keeps the first one's time.
+        finished_at = coalesce(t.finished_at, now()),
         expires_at = CASE WHEN old.state = 'running' THEN NULL
                           ELSE now() + make_interval(secs => @ttl_seconds::float8) END
     FROM old
     WHERE t.queue = @queue::text AND t.key = old.key
-    RETURNING old.state AS previous
+    RETURNING old.state AS previous, old.generation
 )
 SELECT upd.previous,
     CASE WHEN upd.previous = 'running'
-         THEN (SELECT true FROM pg_notify('shadows_cancel', json_build_object('queue', @queue::text, 'key', @key::text)::text))
-         ELSE false END::bool AS notified
+         THEN (SELECT true FROM pg_notify('shadows_cancel', json_build_object(
+                   'queue', @queue::text, 'key', @key::text, 'generation', upd.generation)::text))
+         ELSE false END::bool AS notified,
+    (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done
 FROM upd;
 
 -- name: DeleteTask :exec
@@ -155,7 +171,7 @@ DELETE FROM shadows.tasks WHERE queue = @queue::text AND key = @key::text AND st
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        worker, started_at, finished_at, expires_at, error, result, created_at,
        progress_current, progress_total, progress_message, progress_at, held,
-       coalesce(waiting_on, '')::text AS waiting_on,
+       coalesce(waiting_on, '')::text AS waiting_on, cancel_requested,
        now()::timestamptz AS now
 FROM shadows.tasks
 WHERE queue = @queue::text AND key = @key::text;

@@ -170,8 +170,14 @@ func executionFromRow(r db.GetTaskRow) *Execution {
 		Result:      r.Result,
 		CreatedAt:   r.CreatedAt,
 	}
-	if e.State == StateScheduled && !r.RunAt.After(r.Now) {
+	switch {
+	case e.State == StateScheduled && !r.RunAt.After(r.Now):
 		e.State = StateQueued
+	case e.State == StateRunning && r.CancelRequested:
+		// Cancelled, as far as users see it, while its handler winds
+		// down; the worker records completed instead if the handler
+		// ignores the cancel.
+		e.State = StateCancelled
 	}
 	if r.Worker != nil {
 		e.Worker = *r.Worker
@@ -207,7 +213,10 @@ const waitPoll = time.Second
 // nil when it completed; a *TaskError carrying the stored message when it
 // failed; ErrCancelled when it was cancelled. Bound the wait with ctx
 // (context.WithTimeout or WithDeadline); on expiry Wait returns ctx's error.
-// A key with no record is waited for too, since it may be added later.
+// A key with no record is waited for too, since it may be added later. A
+// running task that was cancelled reads cancelled at once, but Wait returns
+// only when its handler has returned: with ErrCancelled, or nil if the
+// handler ignored the cancel and completed.
 //
 // Wait holds one pooled connection while it waits: it is woken by a
 // notification when workers record results, and polls once a second in case
@@ -245,7 +254,11 @@ func (q *Queue) Wait(ctx context.Context, key string) (*Execution, error) {
 		case err != nil:
 			return nil, fmt.Errorf("wait for %q: %w", key, err)
 		default:
-			if e := executionFromRow(row); e.State.Terminal() {
+			// A cancelled run whose handler is still winding down has not
+			// ended yet: it ends cancelled, or completed if the handler
+			// ignores the cancel.
+			winding := row.State == db.ShadowsTaskStateRunning && row.CancelRequested
+			if e := executionFromRow(row); e.State.Terminal() && !winding {
 				return e, e.outcome()
 			}
 		}

@@ -72,13 +72,22 @@ func (s *inflightSet) remove(k inflightKey) {
 	}
 }
 
-// cancelKey cancels every generation of key this worker is running.
-func (s *inflightSet) cancelKey(key string) {
+// cancelRun cancels the run of key at generation, or every run of key this
+// worker has when generation is 0. Naming the generation matters once a
+// cancel has freed the key: a late notification for the old run must not
+// cancel a new run of the same key.
+func (s *inflightSet) cancelRun(key string, generation int64) {
 	s.mu.Lock()
 	var hit []*inflight
-	for k, f := range s.m {
-		if k.key == key {
+	if generation != 0 {
+		if f := s.m[inflightKey{key, generation}]; f != nil {
 			hit = append(hit, f)
+		}
+	} else {
+		for k, f := range s.m {
+			if k.key == key {
+				hit = append(hit, f)
+			}
 		}
 	}
 	s.mu.Unlock()

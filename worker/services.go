@@ -280,7 +280,7 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 			}
 		case notify.Cancel:
 			if p, ok := notify.ParseCancel(n.Payload); ok && p.Queue == w.q.Name() {
-				w.inflight.cancelKey(p.Key)
+				w.inflight.cancelRun(p.Key, p.Generation)
 			}
 		}
 	}
@@ -335,8 +335,8 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range cancelled {
-		w.inflight.cancelKey(k)
+	for _, r := range cancelled {
+		w.inflight.cancelRun(r.Key, r.Generation)
 	}
 	return nil
 }

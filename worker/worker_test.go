@@ -341,6 +341,61 @@ func TestCancelRunningTask(t *testing.T) {
 	require.Equal(t, queue.StateCompleted, ex.State, "a handler that ignores the cancellation completes")
 }
 
+// As docket does (#336), a cancel frees a running task's key at once: the
+// record reads cancelled, Add stores a new run, and the old handler, still
+// winding down, can neither record its end over the new run nor be
+// confused with it by a cancel.
+func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	started := make(chan string, 3)
+	release := make(chan struct{})
+	var ends ledger
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		started <- task.Args.ID
+		if task.Args.ID == "old" {
+			<-release // ignores its cancellation until released
+		}
+		ends.add(task.Args.ID)
+		return nil
+	}, worker.Policy{})
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Block{ID: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.Equal(t, "old", <-started)
+	require.NoError(t, b.q.Cancel(ctx, "k"))
+
+	ex, err := b.q.Execution(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCancelled, ex.State, "cancelled at once, as docket records it")
+	require.False(t, ex.FinishedAt.IsZero(), "the cancel's time is recorded")
+
+	again, err := b.q.Add(ctx, Block{ID: "new"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.Equal(t, queue.DispositionScheduled, again.Disposition, "the key is free while the old handler winds down")
+	require.EqualValues(t, 2, again.Generation)
+	require.Equal(t, "new", <-started, "the new run starts beside the old one")
+
+	ex, err = b.wait(t, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.EqualValues(t, 2, ex.Generation)
+
+	close(release)
+	require.Eventually(t, func() bool { runs, _ := ends.snapshot(); return len(runs) == 2 },
+		10*time.Second, 10*time.Millisecond, "the old handler returns")
+	// The old run's end is not recorded over the new run's.
+	require.Eventually(t, func() bool {
+		ex, err := b.q.Execution(ctx, "k")
+		return err == nil && ex.Generation == 2 && ex.State == queue.StateCompleted
+	}, 5*time.Second, 20*time.Millisecond)
+	ex, err = b.q.Execution(ctx, "k")
+	require.NoError(t, err)
+	require.EqualValues(t, 2, ex.Generation, "the old run recorded nothing over the new one")
+	require.Equal(t, queue.StateCompleted, ex.State)
+}
+
 func TestCancelledDueTaskNeverRuns(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

@@ -11,7 +11,7 @@ const (
 	// notifications of one transaction).
 	Ready = "shadows_ready"
 	// Cancel is notified when a running task is cancelled; the payload is a
-	// JSON object with "queue" and "key".
+	// JSON object with "queue", "key" and the run's "generation".
 	Cancel = "shadows_cancel"
 	// Done is notified, with the queue name as payload, once per transaction
 	// that recorded the end of tasks, to wake callers waiting for results.
@@ -22,6 +22,9 @@ const (
 type CancelPayload struct {
 	Queue string `json:"queue"`
 	Key   string `json:"key"`
+	// Generation is the cancelled run's; 0 (a payload without one) means
+	// every run of the key.
+	Generation int64 `json:"generation,omitempty"`
 }
 
 // ParseCancel decodes a [Cancel] payload. A malformed payload yields ok=false.
