@@ -26,8 +26,8 @@
 //	            no worker): how much of the gap to pgfloor is the database's
 //
 // Every shadows measure uses a fresh queue name. After each measure the
-// queue's rows are deleted and "VACUUM ANALYZE shadows.tasks" runs, so one
-// measure does not pay for the dead tuples of another. A burn also runs
+// queue's rows are deleted and shadows.tasks and shadows.slots are vacuumed
+// and analyzed, so one measure does not pay for the dead tuples of another. A burn also runs
 // "ANALYZE shadows.tasks" between its AddMany and its worker (-analyze,
 // on by default), as autovacuum would soon do for a table at rest: without
 // it the planner believes the new queue is empty. The continuous and
@@ -220,7 +220,7 @@ func run(ctx context.Context, o *options) error {
 		return err
 	}
 	logf("go %s GOMAXPROCS=%d NumCPU=%d", runtime.Version(), runtime.GOMAXPROCS(0), runtime.NumCPU())
-	logf("between measures: DELETE the measure's queue rows, then VACUUM ANALYZE shadows.tasks")
+	logf("between measures: DELETE the measure's queue rows, then VACUUM ANALYZE shadows.tasks and shadows.slots")
 	if err := vacuum(ctx, admin); err != nil {
 		return err
 	}
@@ -318,8 +318,13 @@ func cleanup(ctx context.Context, url, queueName string) error {
 	}
 	del := time.Since(t0)
 	t0 = time.Now()
-	if _, err := conn.Exec(cctx, `VACUUM ANALYZE shadows.tasks`); err != nil {
-		return fmt.Errorf("vacuum analyze shadows.tasks: %w", err)
+	// The slots too: a limits burn leaves a dead slot row per task, and
+	// with autovacuum off (as on the development machine) they would slow
+	// every later run.
+	for _, table := range []string{"tasks", "slots"} {
+		if _, err := conn.Exec(cctx, `VACUUM ANALYZE shadows.`+table); err != nil {
+			return fmt.Errorf("vacuum analyze shadows.%s: %w", table, err)
+		}
 	}
 	logf("  cleanup: deleted %d rows in %.2fs, VACUUM ANALYZE in %.2fs", tag.RowsAffected(), del.Seconds(), time.Since(t0).Seconds())
 	return nil
