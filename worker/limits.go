@@ -1,7 +1,6 @@
 package worker
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -48,10 +47,7 @@ type slotRequest struct {
 // limitKeys computes the keys of a task's concurrency limits from its
 // arguments.
 func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage) ([]slotRequest, error) {
-	fields, err := argFields(task, args)
-	if err != nil {
-		return nil, err
-	}
+	fields := &argReader{task: task, args: args}
 	out := make([]slotRequest, 0, len(limits))
 	for _, l := range limits {
 		key, err := ruleKey("concurrency limit", task, l.Arg, l.Scope, fields)
@@ -63,31 +59,21 @@ func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage) ([]
 	return out, nil
 }
 
-func argFields(task string, args json.RawMessage) (map[string]json.RawMessage, error) {
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(args, &fields); err != nil {
-		return nil, &ArgsError{Task: task, Err: err}
-	}
-	return fields, nil
-}
-
 // ruleKey is the key of a limit or admission rule: "[scope/]arg:value" per
 // argument value, "[scope/]task:name" for the task as a whole. An argument
 // missing from the arguments is an error that names it and lists those
 // present.
-func ruleKey(what, task, arg, scope string, fields map[string]json.RawMessage) (string, error) {
+func ruleKey(what, task, arg, scope string, fields *argReader) (string, error) {
 	var key string
 	if arg == "" {
 		key = "task:" + task
 	} else {
-		raw, ok := fields[arg]
+		raw, ok, err := fields.field(arg)
+		if err != nil {
+			return "", err
+		}
 		if !ok {
-			present := make([]string, 0, len(fields))
-			for k := range fields {
-				present = append(present, k)
-			}
-			slices.Sort(present)
-			return "", fmt.Errorf("%s argument %q not found in task arguments; available: [%s]", what, arg, strings.Join(present, ", "))
+			return "", fmt.Errorf("%s argument %q not found in task arguments; available: [%s]", what, arg, strings.Join(fields.names(), ", "))
 		}
 		key = arg + ":" + limitValue(raw)
 	}
@@ -100,10 +86,7 @@ func ruleKey(what, task, arg, scope string, fields map[string]json.RawMessage) (
 // admission is the arguments of one admission check.
 func admission(task, key string, p *compiledPolicy, args json.RawMessage) (db.AdmitParams, error) {
 	a := db.AdmitParams{TaskKey: key}
-	fields, err := argFields(task, args)
-	if err != nil {
-		return a, err
-	}
+	fields := &argReader{task: task, args: args}
 	add := func(kind, what, arg, scope string, window time.Duration, limit int, drop bool) error {
 		k, err := ruleKey(what, task, arg, scope, fields)
 		if err != nil {
@@ -132,18 +115,4 @@ func admission(task, key string, p *compiledPolicy, args json.RawMessage) (db.Ad
 		}
 	}
 	return a, nil
-}
-
-// limitValue renders a JSON value for a key: strings bare, anything else
-// compact JSON.
-func limitValue(raw json.RawMessage) string {
-	var s string
-	if json.Unmarshal(raw, &s) == nil {
-		return s
-	}
-	var b bytes.Buffer
-	if json.Compact(&b, raw) != nil {
-		return string(raw)
-	}
-	return b.String()
 }
