@@ -8,6 +8,7 @@ package telemetry
 import (
 	"context"
 	"encoding/json"
+	"reflect"
 	"sync"
 
 	"go.opentelemetry.io/otel"
@@ -16,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 )
 
 // Scope is the instrumentation scope name.
@@ -34,6 +36,10 @@ type Telemetry struct {
 	tracer trace.Tracer
 	meter  metric.Meter
 	queue  attribute.KeyValue
+	// global: the tracer is the global provider's, which an application
+	// may install an SDK behind at any time. silent: the configured
+	// provider records nothing (a no-op one).
+	global, silent bool
 
 	Added, Replaced, Scheduled, Cancelled, Struck metric.Int64Counter
 	Started, Redelivered, Superseded, Completed   metric.Int64Counter
@@ -45,13 +51,15 @@ type Telemetry struct {
 // New makes the instruments for queue from the given providers, or the
 // global ones when nil.
 func New(queue string, tp trace.TracerProvider, mp metric.MeterProvider) *Telemetry {
-	if tp == nil {
+	global := tp == nil
+	if global {
 		tp = otel.GetTracerProvider()
 	}
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
-	t := &Telemetry{tracer: tp.Tracer(Scope), meter: mp.Meter(Scope), queue: QueueKey.String(queue)}
+	t := &Telemetry{tracer: tp.Tracer(Scope), meter: mp.Meter(Scope), queue: QueueKey.String(queue),
+		global: global, silent: !global && recordsNothing(tp)}
 	counter := func(name, desc string) metric.Int64Counter {
 		c, _ := t.meter.Int64Counter("shadows.tasks."+name, metric.WithDescription(desc), metric.WithUnit("{task}"))
 		return c // on error OpenTelemetry returns a working no-op
@@ -148,6 +156,12 @@ func Inject(ctx context.Context) json.RawMessage {
 // its kind only; its attributes and link are added once it is known to be
 // recorded, so a sampler sees the span name and kind, not the attributes.
 func (t *Telemetry) StartRun(ctx context.Context, task string, stored json.RawMessage, key string, attempt int) (context.Context, trace.Span) {
+	if t.silent || t.global && recordsNothing(otel.GetTracerProvider()) {
+		// Nothing could record the span (no SDK installed yet, or a no-op
+		// provider); starting one would still allocate a span and a
+		// context per run.
+		return ctx, noSpan
+	}
 	ctx, span := t.tracer.Start(ctx, task, consumerSpan)
 	if !span.IsRecording() {
 		// Nothing records it (no SDK, or not sampled): the attributes and
@@ -168,3 +182,20 @@ func (t *Telemetry) StartRun(ctx context.Context, task string, stored json.RawMe
 
 // consumerSpan is the start option of every run span, made once.
 var consumerSpan = trace.WithSpanKind(trace.SpanKindConsumer)
+
+// noSpan is the span of a run nothing could record.
+var noSpan trace.Span = noop.Span{}
+
+// recordsNothing reports whether no span from tp can ever be recorded: a
+// no-op provider, or OpenTelemetry's global provider before an SDK is
+// installed (its own type, recognised by name: should a release rename it,
+// spans are simply started as before).
+func recordsNothing(tp trace.TracerProvider) bool {
+	switch tp.(type) {
+	case noop.TracerProvider, *noop.TracerProvider:
+		return true
+	}
+	typ := reflect.TypeOf(tp)
+	return typ != nil && typ.Kind() == reflect.Pointer &&
+		typ.Elem().Name() == "tracerProvider" && typ.Elem().PkgPath() == "go.opentelemetry.io/otel/internal/global"
+}

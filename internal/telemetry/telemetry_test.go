@@ -1,0 +1,51 @@
+package telemetry
+
+import (
+	"context"
+	"testing"
+
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace/noop"
+)
+
+// Run spans are skipped only while nothing could record them, and start
+// being made as soon as an SDK is installed behind the global provider.
+func TestRunSpansOnlyWhenSomethingRecords(t *testing.T) {
+	if !recordsNothing(otel.GetTracerProvider()) {
+		t.Fatal("the default global provider is not recognised: run spans would be made for nothing")
+	}
+	if !recordsNothing(noop.NewTracerProvider()) {
+		t.Fatal("a no-op provider is not recognised")
+	}
+	exporter := tracetest.NewInMemoryExporter()
+	sdk := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
+	defer func() { _ = sdk.Shutdown(context.Background()) }()
+	if recordsNothing(sdk) {
+		t.Fatal("an SDK provider was taken for a no-op one")
+	}
+
+	tel := New("q", nil, nil) // the global provider, no SDK yet
+	_, span := tel.StartRun(context.Background(), "task", nil, "k", 1)
+	if _, none := span.(noop.Span); !none {
+		t.Fatal("a run span was made with no SDK installed")
+	}
+	span.End()
+
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(sdk)
+	defer otel.SetTracerProvider(prev)
+	_, span = tel.StartRun(context.Background(), "task", nil, "k", 1)
+	span.End()
+	if got := len(exporter.GetSpans()); got != 1 {
+		t.Fatalf("%d spans recorded after an SDK was installed, want 1", got)
+	}
+
+	explicit := New("q", sdk, nil)
+	_, span = explicit.StartRun(context.Background(), "task", nil, "k", 1)
+	span.End()
+	if got := len(exporter.GetSpans()); got != 2 {
+		t.Fatalf("%d spans recorded with an explicit SDK provider, want 2", got)
+	}
+}
