@@ -228,14 +228,16 @@ const claimLapsed = `-- name: ClaimLapsed :many
 WITH lapsed AS (
     SELECT l.ctid::tid AS tid, l.cancel_requested FROM shadows.tasks l
     WHERE l.queue = $3::text AND l.state = 'running' AND l.lease_expires_at < now()
-      AND l.key <> ALL (coalesce($4::text[], '{}'))
+      AND NOT EXISTS (
+          SELECT 1 FROM (SELECT unnest($4::text[]) AS k, unnest($5::bigint[]) AS g) AS f
+          WHERE f.k = l.key AND f.g = l.generation)
     ORDER BY l.lease_expires_at
-    LIMIT $5
+    LIMIT $6
     FOR UPDATE SKIP LOCKED
 ), cancelled AS (
     UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $6::float8)
+    SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => $7::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE cancel_requested))
 )
 UPDATE shadows.tasks t
@@ -247,12 +249,13 @@ RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
 `
 
 type ClaimLapsedParams struct {
-	Worker       string
-	LeaseSeconds float64
-	Queue        string
-	InFlight     []string
-	MaxRows      int32
-	TtlSeconds   float64
+	Worker              string
+	LeaseSeconds        float64
+	Queue               string
+	InFlight            []string
+	InFlightGenerations []int64
+	MaxRows             int32
+	TtlSeconds          float64
 }
 
 type ClaimLapsedRow struct {
@@ -269,14 +272,16 @@ type ClaimLapsedRow struct {
 
 // Redelivery: running tasks whose lease lapsed because their worker stopped
 // renewing it (it died or lost the database). A lapsed task that was asked
-// to cancel ends cancelled instead. The caller's own tasks in flight are
-// skipped: it still runs them, and will renew or finish them.
+// to cancel ends cancelled instead (at the cancel's time). The caller's
+// own runs in flight (key and generation) are skipped: it still runs them,
+// and will renew or finish them.
 func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParams) ([]ClaimLapsedRow, error) {
 	rows, err := db.Query(ctx, claimLapsed,
 		arg.Worker,
 		arg.LeaseSeconds,
 		arg.Queue,
 		arg.InFlight,
+		arg.InFlightGenerations,
 		arg.MaxRows,
 		arg.TtlSeconds,
 	)

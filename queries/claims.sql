@@ -69,18 +69,21 @@ FROM set_aside;
 -- name: ClaimLapsed :many
 -- Redelivery: running tasks whose lease lapsed because their worker stopped
 -- renewing it (it died or lost the database). A lapsed task that was asked
--- to cancel ends cancelled instead. The caller's own tasks in flight are
--- skipped: it still runs them, and will renew or finish them.
+-- to cancel ends cancelled instead (at the cancel's time). The caller's
+-- own runs in flight (key and generation) are skipped: it still runs them,
+-- and will renew or finish them.
 WITH lapsed AS (
     SELECT l.ctid::tid AS tid, l.cancel_requested FROM shadows.tasks l
     WHERE l.queue = @queue::text AND l.state = 'running' AND l.lease_expires_at < now()
-      AND l.key <> ALL (coalesce(@in_flight::text[], '{}'))
+      AND NOT EXISTS (
+          SELECT 1 FROM (SELECT unnest(@in_flight::text[]) AS k, unnest(@in_flight_generations::bigint[]) AS g) AS f
+          WHERE f.k = l.key AND f.g = l.generation)
     ORDER BY l.lease_expires_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
 ), cancelled AS (
     UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+    SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => @ttl_seconds::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE cancel_requested))
 )

@@ -215,8 +215,10 @@ const waitPoll = time.Second
 // (context.WithTimeout or WithDeadline); on expiry Wait returns ctx's error.
 // A key with no record is waited for too, since it may be added later. A
 // running task that was cancelled reads cancelled at once, but Wait returns
-// only when its handler has returned: with ErrCancelled, or nil if the
-// handler ignored the cancel and completed.
+// only when its handler has returned, with the outcome the worker recorded
+// (ErrCancelled, or as the handler ended if it ignored the cancel) — unless
+// the key is added again meanwhile: Wait follows the key, so it then waits
+// for the new run.
 //
 // Wait holds one pooled connection while it waits: it is woken by a
 // notification when workers record results, and polls once a second in case

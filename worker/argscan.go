@@ -50,10 +50,12 @@ func (r *argReader) names() []string {
 }
 
 // scanField finds the value of the top-level field name in the JSON object
-// data without decoding it. ok is false when the scan cannot vouch for its
-// answer (not an object, a key with escapes, anything unexpected); the
-// caller then decodes properly. As encoding/json does, the last of
-// repeated fields wins.
+// data without decoding it. data is valid JSON, as PostgreSQL prints a
+// jsonb value (the scan does not validate: on invalid JSON its answer is
+// unspecified). ok is false when the scan cannot vouch for its answer (not
+// an object, a key with escapes, anything unexpected); the caller then
+// decodes properly. As encoding/json does, the last of repeated fields
+// wins.
 func scanField(data []byte, name string) (raw []byte, found, ok bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {

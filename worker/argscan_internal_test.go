@@ -8,6 +8,8 @@ import (
 
 // scanField must agree with decoding the whole object whenever it claims
 // to know the answer, and limitValue must render what it always rendered.
+// Stored arguments are always valid JSON (jsonb output); the malformed
+// documents here only check that the scan gives up on these shapes.
 func TestScanFieldAgreesWithDecoding(t *testing.T) {
 	docs := []string{
 		`{"customer_id": "c-1", "order_id": 12345}`,

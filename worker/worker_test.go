@@ -349,14 +349,15 @@ func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	started := make(chan string, 3)
-	release := make(chan struct{})
+	release := map[string]chan struct{}{"old": make(chan struct{}), "new": make(chan struct{})}
 	var ends ledger
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
 		started <- task.Args.ID
-		if task.Args.ID == "old" {
-			<-release // ignores its cancellation until released
-		}
+		<-release[task.Args.ID] // the old run ignores its cancellation until released
 		ends.add(task.Args.ID)
+		if task.Args.ID == "old" {
+			return ctx.Err() // would record "cancelled" over the new run if it could
+		}
 		return nil
 	}, worker.Policy{})
 	b.start(t)
@@ -377,23 +378,57 @@ func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
 	require.EqualValues(t, 2, again.Generation)
 	require.Equal(t, "new", <-started, "the new run starts beside the old one")
 
+	// The old run ends while the new one runs, so only the generation
+	// tells the old outcome from the new run's. Outcomes are recorded in
+	// the order the runs end: once the new run's is recorded, the old
+	// one's has been dealt with.
+	close(release["old"])
+	eventually(t, "the old handler returns", func() bool { runs, _ := ends.snapshot(); return len(runs) == 1 })
+	close(release["new"])
 	ex, err = b.wait(t, "k")
-	require.NoError(t, err)
-	require.Equal(t, queue.StateCompleted, ex.State)
-	require.EqualValues(t, 2, ex.Generation)
-
-	close(release)
-	require.Eventually(t, func() bool { runs, _ := ends.snapshot(); return len(runs) == 2 },
-		10*time.Second, 10*time.Millisecond, "the old handler returns")
-	// The old run's end is not recorded over the new run's.
-	require.Eventually(t, func() bool {
-		ex, err := b.q.Execution(ctx, "k")
-		return err == nil && ex.Generation == 2 && ex.State == queue.StateCompleted
-	}, 5*time.Second, 20*time.Millisecond)
-	ex, err = b.q.Execution(ctx, "k")
-	require.NoError(t, err)
+	require.NoError(t, err, "the new run's record: %+v", ex)
 	require.EqualValues(t, 2, ex.Generation, "the old run recorded nothing over the new one")
 	require.Equal(t, queue.StateCompleted, ex.State)
+}
+
+// A cancelled run that holds concurrency slots keeps its key until its
+// handler returns: its slots count only for its own generation, so a new
+// run of the key would let a handler that ignores the cancel exceed the
+// limit beside it.
+func TestCancelledRunHoldingSlotsKeepsItsKey(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	started := make(chan string, 3)
+	release := make(chan struct{})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		started <- task.Args.ID
+		if task.Args.ID == "old" {
+			<-release // ignores its cancellation until released
+		}
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Max: 1}}})
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Block{ID: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.Equal(t, "old", <-started)
+	require.NoError(t, b.q.Cancel(ctx, "k"))
+	ex, err := b.q.Execution(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCancelled, ex.State)
+
+	again, err := b.q.Add(ctx, Block{ID: "new"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.Equal(t, queue.DispositionAlreadyScheduled, again.Disposition, "the key stays with the run holding the slot")
+
+	close(release)
+	ex, err = b.wait(t, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State, "the handler ignored the cancel")
+	again, err = b.q.Add(ctx, Block{ID: "new"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.Equal(t, queue.DispositionScheduled, again.Disposition, "the key frees once the handler returned")
+	require.Equal(t, "new", <-started)
 }
 
 func TestCancelledDueTaskNeverRuns(t *testing.T) {

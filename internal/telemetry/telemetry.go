@@ -36,9 +36,9 @@ type Telemetry struct {
 	tracer trace.Tracer
 	meter  metric.Meter
 	queue  attribute.KeyValue
-	// global: the tracer is the global provider's, which an application
-	// may install an SDK behind at any time. silent: the configured
-	// provider records nothing (a no-op one).
+	// global: the tracer is OpenTelemetry's default global provider's,
+	// which an application may install an SDK behind at any time. silent:
+	// the configured provider is a no-op one.
 	global, silent bool
 
 	Added, Replaced, Scheduled, Cancelled, Struck metric.Int64Counter
@@ -51,15 +51,17 @@ type Telemetry struct {
 // New makes the instruments for queue from the given providers, or the
 // global ones when nil.
 func New(queue string, tp trace.TracerProvider, mp metric.MeterProvider) *Telemetry {
-	global := tp == nil
-	if global {
+	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
+	// OpenTelemetry's default global provider delegates to whatever SDK is
+	// installed later, so whether it records is asked at each run.
+	global := isDefaultGlobal(tp)
 	if mp == nil {
 		mp = otel.GetMeterProvider()
 	}
 	t := &Telemetry{tracer: tp.Tracer(Scope), meter: mp.Meter(Scope), queue: QueueKey.String(queue),
-		global: global, silent: !global && recordsNothing(tp)}
+		global: global, silent: isNoop(tp)}
 	counter := func(name, desc string) metric.Int64Counter {
 		c, _ := t.meter.Int64Counter("shadows.tasks."+name, metric.WithDescription(desc), metric.WithUnit("{task}"))
 		return c // on error OpenTelemetry returns a working no-op
@@ -187,14 +189,24 @@ var consumerSpan = trace.WithSpanKind(trace.SpanKindConsumer)
 var noSpan trace.Span = noop.Span{}
 
 // recordsNothing reports whether no span from tp can ever be recorded: a
-// no-op provider, or OpenTelemetry's global provider before an SDK is
-// installed (its own type, recognised by name: should a release rename it,
-// spans are simply started as before).
+// no-op provider, or OpenTelemetry's default global provider while no SDK
+// is installed behind it.
 func recordsNothing(tp trace.TracerProvider) bool {
+	return isNoop(tp) || isDefaultGlobal(tp)
+}
+
+func isNoop(tp trace.TracerProvider) bool {
 	switch tp.(type) {
 	case noop.TracerProvider, *noop.TracerProvider:
 		return true
 	}
+	return false
+}
+
+// isDefaultGlobal recognises OpenTelemetry's own global provider by its
+// type's name: should a release rename it, spans are simply started as
+// before.
+func isDefaultGlobal(tp trace.TracerProvider) bool {
 	typ := reflect.TypeOf(tp)
 	return typ != nil && typ.Kind() == reflect.Pointer &&
 		typ.Elem().Name() == "tracerProvider" && typ.Elem().PkgPath() == "go.opentelemetry.io/otel/internal/global"

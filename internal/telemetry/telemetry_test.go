@@ -27,25 +27,38 @@ func TestRunSpansOnlyWhenSomethingRecords(t *testing.T) {
 	}
 
 	tel := New("q", nil, nil) // the global provider, no SDK yet
-	_, span := tel.StartRun(context.Background(), "task", nil, "k", 1)
-	if _, none := span.(noop.Span); !none {
-		t.Fatal("a run span was made with no SDK installed")
+	// The same provider passed explicitly: it still delegates to an SDK
+	// installed later.
+	explicitGlobal := New("q", otel.GetTracerProvider(), nil)
+	for _, tt := range []*Telemetry{tel, explicitGlobal} {
+		_, span := tt.StartRun(context.Background(), "task", nil, "k", 1)
+		if _, none := span.(noop.Span); !none {
+			t.Fatal("a run span was made with no SDK installed")
+		}
+		span.End()
 	}
-	span.End()
 
 	prev := otel.GetTracerProvider()
 	otel.SetTracerProvider(sdk)
 	defer otel.SetTracerProvider(prev)
-	_, span = tel.StartRun(context.Background(), "task", nil, "k", 1)
-	span.End()
-	if got := len(exporter.GetSpans()); got != 1 {
-		t.Fatalf("%d spans recorded after an SDK was installed, want 1", got)
+	for _, tt := range []*Telemetry{tel, explicitGlobal} {
+		_, span := tt.StartRun(context.Background(), "task", nil, "k", 1)
+		span.End()
+	}
+	if got := len(exporter.GetSpans()); got != 2 {
+		t.Fatalf("%d spans recorded after an SDK was installed, want 2", got)
 	}
 
 	explicit := New("q", sdk, nil)
-	_, span = explicit.StartRun(context.Background(), "task", nil, "k", 1)
+	_, span := explicit.StartRun(context.Background(), "task", nil, "k", 1)
 	span.End()
-	if got := len(exporter.GetSpans()); got != 2 {
-		t.Fatalf("%d spans recorded with an explicit SDK provider, want 2", got)
+	if got := len(exporter.GetSpans()); got != 3 {
+		t.Fatalf("%d spans recorded with an explicit SDK provider, want 3", got)
+	}
+	silent := New("q", noop.NewTracerProvider(), nil)
+	if _, span := silent.StartRun(context.Background(), "task", nil, "k", 1); span != nil {
+		if _, none := span.(noop.Span); !none {
+			t.Fatal("a run span was made for a no-op provider")
+		}
 	}
 }
