@@ -298,6 +298,12 @@ func (w *Worker) admitOrDefer(ctx context.Context, x *execution, policy *compile
 	if err != nil {
 		row.Action, row.DelaySeconds, row.Reason = "reschedule", w.backoff(0).Seconds(), "admission check failed: "+err.Error()
 	}
+	if row.Action != "drop" && ctx.Err() != nil {
+		// Cancelled before its handler started (the run's context is
+		// cancelled only by a cancel): it ends cancelled, not delayed.
+		out.state, out.err = stateCancelled, ctx.Err().Error()
+		return true
+	}
 	switch row.Action {
 	case "drop":
 		out.state, out.err = stateCancelled, "dropped by "+row.Reason
