@@ -103,6 +103,16 @@ func (f *finisher) flush(ctx context.Context) bool {
 		return false
 	}
 	err := f.write(ctx, batch)
+	if err == nil {
+		// Still "writing" until the batch is wholly dealt with: drain
+		// (a graceful stop) waits for the slots to be released before
+		// the services' context is cancelled.
+		f.failures = 0
+		f.releaseSlots(ctx, batch)
+		for _, o := range batch {
+			f.w.inflight.remove(o.key)
+		}
+	}
 	f.mu.Lock()
 	f.writing = false
 	if err != nil {
@@ -119,11 +129,6 @@ func (f *finisher) flush(ctx context.Context) bool {
 		}
 		f.failures++
 		return true
-	}
-	f.failures = 0
-	f.releaseSlots(ctx, batch)
-	for _, o := range batch {
-		f.w.inflight.remove(o.key)
 	}
 	signal(f.w.slotFreed) // a backlogged claim loop may go on
 	return true
