@@ -16,6 +16,8 @@ type bench struct {
 	o     *options
 	admin *pgxpool.Pool
 	floor *floor
+	// runs holds each run's summary lines, for the medians of -runs.
+	runs [][]string
 }
 
 // burnResult is one shadows burn.
@@ -159,37 +161,37 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	logf("statistics: burns: %s; continuous and latency: a fresh queue, no ANALYZE while they run", analyzed)
 	if o.phases["burn"] {
-		logf("burn ratio=%s shadows=%.0f pgfloor=%.0f", ratio(burn.rate, floorBurn.rate), burn.rate, floorBurn.rate)
+		b.summary("burn ratio=%s shadows=%.0f pgfloor=%.0f", ratio(burn.rate, floorBurn.rate), burn.rate, floorBurn.rate)
 	}
 	if o.phases["continuous"] {
 		rate := float64(cont.Handled) / cont.Elapsed
-		logf("continuous ratio=%s shadows=%.0f pgfloor=%.0f", ratio(rate, floorCont.rate), rate, floorCont.rate)
+		b.summary("continuous ratio=%s shadows=%.0f pgfloor=%.0f", ratio(rate, floorCont.rate), rate, floorCont.rate)
 	}
 	if o.phases["latency"] {
-		logf("latency p50=%.2f p99=%.2f pgfloor_p50=%.2f pgfloor_p99=%.2f",
+		b.summary("latency p50=%.2f p99=%.2f pgfloor_p50=%.2f pgfloor_p99=%.2f",
 			percentile(lat.LatMS, 0.5), percentile(lat.LatMS, 0.99), floorLat.p50, floorLat.p99)
 	}
 	if o.phases["burn"] {
-		logf("addmany ratio=%s shadows=%.0f pgfloor=%.0f", ratio(burn.addRate, floorBurn.insertRate), burn.addRate, floorBurn.insertRate)
-		logf("rss shadows=%.1f", burn.rssMB)
+		b.summary("addmany ratio=%s shadows=%.0f pgfloor=%.0f", ratio(burn.addRate, floorBurn.insertRate), burn.addRate, floorBurn.insertRate)
+		b.summary("rss shadows=%.1f", burn.rssMB)
 	}
 	if o.phases["burn_nottl"] {
-		logf("burn_nottl ratio=%s shadows=%.0f pgfloor=%.0f", ratio(nottl.rate, floorBurn.rate), nottl.rate, floorBurn.rate)
+		b.summary("burn_nottl ratio=%s shadows=%.0f pgfloor=%.0f", ratio(nottl.rate, floorBurn.rate), nottl.rate, floorBurn.rate)
 	}
 	if o.phases["crowded"] {
-		logf("crowded ratio=%s shadows=%.0f clean=%.0f", ratio(crowd.rate, burn.rate), crowd.rate, burn.rate)
+		b.summary("crowded ratio=%s shadows=%.0f clean=%.0f", ratio(crowd.rate, burn.rate), crowd.rate, burn.rate)
 	}
 	if o.phases["strikes"] {
-		logf("strikes ratio=%s shadows=%.0f clean=%.0f", ratio(strikes.rate, burn.rate), strikes.rate, burn.rate)
+		b.summary("strikes ratio=%s shadows=%.0f clean=%.0f", ratio(strikes.rate, burn.rate), strikes.rate, burn.rate)
 	}
 	if o.phases["limits"] {
-		logf("limits ratio=%s shadows=%.0f pgfloor=%.0f", ratio(limits.rate, floorBurn.rate), limits.rate, floorBurn.rate)
+		b.summary("limits ratio=%s shadows=%.0f pgfloor=%.0f", ratio(limits.rate, floorBurn.rate), limits.rate, floorBurn.rate)
 	}
 	if o.phases["sql"] {
-		logf("sql ratio=%s shadows=%.0f pgfloor=%.0f", ratio(sqlOnly.rate, floorBurn.rate), sqlOnly.rate, floorBurn.rate)
+		b.summary("sql ratio=%s shadows=%.0f pgfloor=%.0f", ratio(sqlOnly.rate, floorBurn.rate), sqlOnly.rate, floorBurn.rate)
 	}
 	if o.phases["waiting"] {
-		logf("waiting xact_per_s=%.1f db_cpu_pct=%.1f", waitXact, waitCPU)
+		b.summary("waiting xact_per_s=%.1f db_cpu_pct=%.1f", waitXact, waitCPU)
 	}
 	return nil
 }

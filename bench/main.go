@@ -5,6 +5,7 @@
 //	go run ./bench -database-url postgres://…       # an existing scratch database
 //	go run ./bench -duration 5s -latency-count 100  # a quicker, noisier run
 //	go run ./bench -sweep 250,500,1000,2000         # burn at several concurrencies
+//	go run ./bench -runs 3                          # every measure three times, then the medians
 //
 // Measures (see DESIGN.md, "Performance"):
 //
@@ -81,6 +82,7 @@ const defaultConcurrency = "100,1000"
 type options struct {
 	url           string
 	n             int
+	runs          int
 	duration      time.Duration
 	latencyCount  int
 	latencyRate   int
@@ -106,6 +108,7 @@ func main() {
 	var phases, sweep, concurrency string
 	flag.StringVar(&o.url, "database-url", os.Getenv("DATABASE_URL"), "PostgreSQL connection string (a scratch database); empty starts a throwaway cluster")
 	flag.IntVar(&o.n, "n", 100_000, "tasks per burn (and per AddMany)")
+	flag.IntVar(&o.runs, "runs", 1, "run every selected measure this many times, then print the median of each result")
 	flag.DurationVar(&o.duration, "duration", 20*time.Second, "length of the continuous measure")
 	flag.IntVar(&o.latencyCount, "latency-count", 500, "tasks timed by the latency measure")
 	flag.IntVar(&o.latencyRate, "latency-rate", 50, "inserts per second in the latency measure")
@@ -139,8 +142,8 @@ func main() {
 	if len(o.concurrency) == 0 {
 		fatalf("-concurrency: give at least one value")
 	}
-	if o.n <= 0 || o.latencyCount <= 0 || o.latencyRate <= 0 || o.duration <= 0 {
-		fatalf("-n, -latency-count, -latency-rate and -duration must be positive")
+	if o.n <= 0 || o.runs <= 0 || o.latencyCount <= 0 || o.latencyRate <= 0 || o.duration <= 0 {
+		fatalf("-n, -runs, -latency-count, -latency-rate and -duration must be positive")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -229,7 +232,17 @@ func run(ctx context.Context, o *options) error {
 	if len(o.sweep) > 0 {
 		return b.sweep(ctx)
 	}
-	return b.all(ctx)
+	for i := range o.runs {
+		if o.runs > 1 {
+			logf("=== run %d of %d", i+1, o.runs)
+		}
+		b.startRun()
+		if err := b.all(ctx); err != nil {
+			return err
+		}
+	}
+	b.printMedians()
+	return nil
 }
 
 func openPool(ctx context.Context, url string, maxConns int32) (*pgxpool.Pool, error) {
