@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // clockTicks is USER_HZ, the unit of the CPU times in /proc/<pid>/stat; it
@@ -49,4 +50,13 @@ func dbCPUSeconds() (secs float64, ok bool) {
 		ok = true
 	}
 	return float64(ticks) / clockTicks, ok
+}
+
+// processCPUSeconds is the user and system CPU time of this process so far.
+func processCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }

@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/shadows-go/shadows/db"
@@ -128,13 +127,4 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 	logf("shadows sql: %d tasks in %.2fs = %.0f tasks/s (ClaimDue + CompleteTasks only, %d connections × %d per claim, ExecutionTTL=15m%s)",
 		done.Load(), elapsed.Seconds(), r.rate, sqlFloorWorkers, sqlFloorBatch, cpu)
 	return r, nil
-}
-
-// processCPUSeconds is the user and system CPU time of this process so far.
-func processCPUSeconds() float64 {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
