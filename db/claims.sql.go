@@ -14,15 +14,16 @@ import (
 const acquireSlots = `-- name: AcquireSlots :many
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
 FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[],
-                           $4::text[], $5::int[])
+                           $4::text[], $5::int[], $6::float8)
 `
 
 type AcquireSlotsParams struct {
-	Queue       string
-	Tasks       []string
-	Generations []int64
-	LimitKeys   []string
-	Maxes       []int32
+	Queue        string
+	Tasks        []string
+	Generations  []int64
+	LimitKeys    []string
+	Maxes        []int32
+	LeaseSeconds float64
 }
 
 type AcquireSlotsRow struct {
@@ -38,6 +39,7 @@ func (q *Queries) AcquireSlots(ctx context.Context, db DBTX, arg AcquireSlotsPar
 		arg.Generations,
 		arg.LimitKeys,
 		arg.Maxes,
+		arg.LeaseSeconds,
 	)
 	if err != nil {
 		return nil, err
@@ -593,6 +595,34 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 		return nil, err
 	}
 	return items, nil
+}
+
+const renewSlots = `-- name: RenewSlots :exec
+UPDATE shadows.slots s
+SET lease_expires_at = now() + make_interval(secs => $1::float8)
+FROM (SELECT unnest($3::text[]) AS key, unnest($4::bigint[]) AS generation) AS u
+WHERE s.queue = $2::text AND s.task_key = u.key AND s.generation = u.generation
+`
+
+type RenewSlotsParams struct {
+	LeaseSeconds float64
+	Queue        string
+	Keys         []string
+	Generations  []int64
+}
+
+// Extends the leases of the concurrency slots held by this worker's runs
+// in flight, including runs whose task was replaced while they ran: their
+// slots count until their handlers return. Its own statement, holding no
+// task row locks, so it never waits in a cycle with acquire_slots.
+func (q *Queries) RenewSlots(ctx context.Context, db DBTX, arg RenewSlotsParams) error {
+	_, err := db.Exec(ctx, renewSlots,
+		arg.LeaseSeconds,
+		arg.Queue,
+		arg.Keys,
+		arg.Generations,
+	)
+	return err
 }
 
 const setProgress = `-- name: SetProgress :exec

@@ -122,12 +122,13 @@ type ShadowsRateEvent struct {
 }
 
 type ShadowsSlot struct {
-	Queue      string
-	LimitKey   string
-	TaskKey    string
-	Generation int64
-	MaxSlots   int32
-	AcquiredAt time.Time
+	Queue          string
+	LimitKey       string
+	TaskKey        string
+	Generation     int64
+	MaxSlots       int32
+	AcquiredAt     time.Time
+	LeaseExpiresAt time.Time
 }
 
 type ShadowsStrike struct {

@@ -248,7 +248,17 @@ WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bi
 -- Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
 FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[],
-                           @limit_keys::text[], @maxes::int[]);
+                           @limit_keys::text[], @maxes::int[], @lease_seconds::float8);
+
+-- name: RenewSlots :exec
+-- Extends the leases of the concurrency slots held by this worker's runs
+-- in flight, including runs whose task was replaced while they ran: their
+-- slots count until their handlers return. Its own statement, holding no
+-- task row locks, so it never waits in a cycle with acquire_slots.
+UPDATE shadows.slots s
+SET lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
+FROM (SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation) AS u
+WHERE s.queue = @queue::text AND s.task_key = u.key AND s.generation = u.generation;
 
 -- name: ReleaseSlots :one
 SELECT shadows.release_slots(@queue::text, @tasks::text[], @generations::bigint[])::int AS woken;

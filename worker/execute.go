@@ -114,6 +114,20 @@ func (s *inflightSet) snapshot() (keys []string, generations []int64, deliveries
 	return keys, generations, deliveries
 }
 
+// slotHolders lists the runs in flight that hold concurrency slots, whose
+// slot leases the worker renews with the task leases.
+func (s *inflightSet) slotHolders() (keys []string, generations []int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, f := range s.m {
+		if len(f.x.slots) > 0 {
+			keys = append(keys, k.key)
+			generations = append(generations, k.generation)
+		}
+	}
+	return keys, generations
+}
+
 // Outcome states as the finisher records them.
 const (
 	stateCompleted   = "completed"

@@ -308,8 +308,9 @@ func TestInvalidConcurrencyLimits(t *testing.T) {
 
 // A run superseded by a replace while it was being claimed (its worker asks
 // for slots with the old generation) must neither park the run that
-// replaced it nor take over that run's slot. The race is staged directly
-// against shadows.acquire_slots.
+// replaced it nor take over that run's slot: it gets a slot of its own,
+// which counts against the limit like any other. The race is staged
+// directly against shadows.acquire_slots.
 func TestSupersededRunLeavesItsReplacementAlone(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -325,7 +326,7 @@ func TestSupersededRunLeavesItsReplacementAlone(t *testing.T) {
 	}
 	acquire := func(key string, generation int64, limitKey string, max int) []string {
 		t.Helper()
-		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5)`,
+		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, 3600)`,
 			b.q.Name(), []string{key}, []int64{generation}, []string{limitKey}, []int32{int32(max)})
 		require.NoError(t, err)
 		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
@@ -340,12 +341,14 @@ func TestSupersededRunLeavesItsReplacementAlone(t *testing.T) {
 	_, err = b.q.Replace(ctx, Backup{DB: "b"}, queue.AddOpts{Key: "k", When: time.Now()})
 	require.NoError(t, err)
 	running("k")
-	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots) VALUES ($1, 'free', 'k', 2, 5)`, b.q.Name())
+	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
+		VALUES ($1, 'free', 'k', 2, 5, now() + interval '1 hour')`, b.q.Name())
 	// "full" is held by another running task, at most 1.
 	_, err = b.q.Add(ctx, Backup{DB: "c"}, &queue.AddOpts{Key: "holder"})
 	require.NoError(t, err)
 	running("holder")
-	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots) VALUES ($1, 'full', 'holder', 1, 1)`, b.q.Name())
+	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
+		VALUES ($1, 'full', 'holder', 1, 1, now() + interval '1 hour')`, b.q.Name())
 
 	// Generation 1 finds "full" full: it is parked (its worker drops it),
 	// but generation 2's row stays running.
@@ -357,10 +360,119 @@ func TestSupersededRunLeavesItsReplacementAlone(t *testing.T) {
 	require.Equal(t, "running", state)
 	require.Nil(t, waiting)
 
-	// Generation 1 asking for "free" does not take generation 2's slot.
+	// Generation 1 asking for "free" gets a slot of its own and leaves
+	// generation 2's alone: both count.
 	require.Empty(t, acquire("k", 1, "free", 5))
-	var generation int64
-	require.NoError(t, b.pool.QueryRow(ctx, `SELECT generation FROM shadows.slots WHERE queue = $1 AND limit_key = 'free' AND task_key = 'k'`,
-		b.q.Name()).Scan(&generation))
-	require.Equal(t, int64(2), generation)
+	rows, err := b.pool.Query(ctx, `SELECT generation FROM shadows.slots WHERE queue = $1 AND limit_key = 'free' AND task_key = 'k' ORDER BY 1`,
+		b.q.Name())
+	require.NoError(t, err)
+	generations, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Equal(t, []int64{1, 2}, generations)
+	var holders int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT running FROM shadows.concurrency WHERE queue = $1 AND limit_key = 'free'`,
+		b.q.Name()).Scan(&holders))
+	require.Equal(t, 2, holders)
+}
+
+// A replaced run that is still running keeps its slot until its handler
+// returns: the copy that replaced it, and every other task on the key,
+// wait for it, so the limit holds while both copies exist. The test reads
+// the database's own answer (the new copy parked on the key) rather than
+// timing anything.
+func TestReplacedRunKeepsItsSlotUntilItReturns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	occ := newOccupancy()
+	release := make(chan struct{})
+	var started atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		occ.enter(task.Args.DB)
+		defer occ.leave(task.Args.DB)
+		occ.record(fmt.Sprintf("%s@%d", task.Key, started.Add(1)))
+		if task.Key == "k" && task.Args.DB == "main" && started.Load() == 1 {
+			<-release // the first copy ignores the replace until told
+		}
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	b.cfg.Concurrency = 10
+	b.start(t)
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // before the worker stops, should the test fail early
+	ctx := t.Context()
+
+	_, err := b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	eventually(t, "the first copy runs", func() bool { return started.Load() == 1 })
+	_, err = b.q.Replace(ctx, Backup{DB: "main"}, queue.AddOpts{Key: "k", When: time.Now()})
+	require.NoError(t, err)
+	_, err = b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "other"})
+	require.NoError(t, err)
+	for _, key := range []string{"k", "other"} {
+		// Either it parks on the key, or (the bug) a second handler starts.
+		eventually(t, key+" is claimed and decided", func() bool {
+			ex, err := b.q.Execution(ctx, key)
+			return err == nil && ex.WaitingOn != "" || started.Load() > 1
+		})
+		ex, err := b.q.Execution(ctx, key)
+		require.NoError(t, err)
+		require.Equal(t, "db:main", ex.WaitingOn, "%s must wait for the replaced copy's slot", key)
+	}
+	var running int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT running FROM shadows.concurrency WHERE queue = $1 AND limit_key = 'db:main'`,
+		b.q.Name()).Scan(&running))
+	require.Equal(t, 1, running, "the replaced copy's slot counts")
+
+	unblock()
+	for _, key := range []string{"k", "other"} {
+		ex, err := b.wait(t, key)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State)
+	}
+	occ.mu.Lock()
+	defer occ.mu.Unlock()
+	require.Equal(t, 1, occ.peak["main"], "at most one backup of main at a time: %v", occ.order)
+	require.Len(t, occ.order, 3)
+}
+
+// A slot's lease is renewed while its task runs: a task that runs for
+// several redelivery timeouts keeps its slot, and the task waiting on the
+// key starts only after it returned.
+func TestLongRunKeepsItsSlot(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	occ := newOccupancy()
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		occ.enter(task.Args.DB)
+		occ.record("start " + task.Key)
+		if task.Key == "long" {
+			time.Sleep(1500 * time.Millisecond)
+		}
+		occ.record("end " + task.Key)
+		occ.leave(task.Args.DB)
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	b.cfg.Concurrency = 4
+	b.cfg.RedeliveryTimeout = 400 * time.Millisecond
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "long"})
+	require.NoError(t, err)
+	b.start(t)
+	eventually(t, "the long run starts", func() bool {
+		ex, err := b.q.Execution(ctx, "long")
+		return err == nil && ex.State == queue.StateRunning
+	})
+	_, err = b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "next"})
+	require.NoError(t, err)
+	for _, key := range []string{"long", "next"} {
+		ex, err := b.wait(t, key)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State)
+		require.False(t, ex.Redelivered, key)
+	}
+	occ.mu.Lock()
+	defer occ.mu.Unlock()
+	require.Equal(t, []string{"start long", "end long", "start next", "end next"}, occ.order)
+	require.Equal(t, 1, occ.peak["main"])
 }

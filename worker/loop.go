@@ -207,6 +207,7 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 		return claimed
 	}
 	p.Queue = w.q.Name()
+	p.LeaseSeconds = w.leaseSeconds()
 	parked, err := w.queries.AcquireSlots(ctx, w.pool, p)
 	if err != nil {
 		// The limited tasks stay claimed without running; their leases

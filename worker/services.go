@@ -135,8 +135,10 @@ func (f *finisher) flush(ctx context.Context) bool {
 }
 
 // releaseSlots frees the concurrency slots of the batch's tasks and wakes
-// their waiters. If it fails, the waiters are woken by the sweep instead:
-// a slot whose holder no longer runs does not count.
+// their waiters. A slot counts until released or until its lease lapses, so
+// a failed release is retried (serialised with lease renewal, which locks
+// the same slots) until it succeeds or a redelivery timeout has passed, by
+// when the lease has lapsed anyway.
 func (f *finisher) releaseSlots(ctx context.Context, batch []outcome) {
 	var p db.ReleaseSlotsParams
 	for _, o := range batch {
@@ -149,8 +151,24 @@ func (f *finisher) releaseSlots(ctx context.Context, batch []outcome) {
 		return
 	}
 	p.Queue = f.w.q.Name()
-	if _, err := f.w.queries.ReleaseSlots(ctx, f.w.pool, p); err != nil && ctx.Err() == nil {
-		f.w.logger.Warn("releasing concurrency slots failed; the sweep will wake their waiters", "error", err)
+	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout)
+	defer cancel()
+	for failures := 0; ; failures++ {
+		f.flushMu.Lock()
+		_, err := f.w.queries.ReleaseSlots(ctx, f.w.pool, p)
+		f.flushMu.Unlock()
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			f.w.logger.Warn("could not release concurrency slots; they free when their leases lapse", "error", err, "tasks", len(p.Tasks))
+			return
+		}
+		f.w.logger.Warn("releasing concurrency slots failed; retrying", "error", err, "tasks", len(p.Tasks))
+		if !sleep(ctx, f.w.backoff(failures)) {
+			f.w.logger.Warn("could not release concurrency slots; they free when their leases lapse", "tasks", len(p.Tasks))
+			return
+		}
 	}
 }
 
@@ -342,6 +360,12 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	}
 	for _, r := range cancelled {
 		w.inflight.cancelRun(r.Key, r.Generation)
+	}
+	if keys, gens := w.inflight.slotHolders(); len(keys) > 0 {
+		// Every holder, replaced or not: its slots count while it runs.
+		return w.queries.RenewSlots(ctx, w.pool, db.RenewSlotsParams{
+			Queue: w.q.Name(), Keys: keys, Generations: gens, LeaseSeconds: w.leaseSeconds(),
+		})
 	}
 	return nil
 }

@@ -1,0 +1,523 @@
+-- +goose Up
+-- Concurrency slots belong to runs and carry leases of their own.
+--
+-- A slot is now one run's (task key and generation) and counts while its
+-- lease is live. The lease is set when the slot is taken and renewed by the
+-- worker running the task for as long as the handler runs, whether or not
+-- the task's row still belongs to that run. Until now a slot counted only
+-- while the task's row ran at the slot's generation, so a run whose task
+-- was replaced while it ran stopped counting although its handler went on,
+-- and the copy that replaced it took over its slot: the limit could be
+-- exceeded. Now both copies hold a slot each, and the new copy waits for
+-- the old one's when the limit is full.
+--
+-- Workers of an earlier version do not renew slot leases: stop them before
+-- migrating.
+ALTER TABLE shadows.slots ADD COLUMN lease_expires_at timestamptz;
+UPDATE shadows.slots s SET lease_expires_at = t.lease_expires_at
+FROM shadows.tasks t
+WHERE t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+  AND t.state = 'running' AND t.lease_expires_at IS NOT NULL;
+DELETE FROM shadows.slots WHERE lease_expires_at IS NULL;
+ALTER TABLE shadows.slots
+    ALTER COLUMN lease_expires_at SET NOT NULL,
+    DROP CONSTRAINT slots_pkey,
+    ADD PRIMARY KEY (queue, limit_key, task_key, generation);
+DROP INDEX shadows.slots_holder;
+CREATE INDEX slots_holder ON shadows.slots (queue, task_key, generation);
+
+CREATE OR REPLACE VIEW shadows.concurrency AS
+SELECT s.queue, s.limit_key, count(*) AS running, max(s.max_slots) AS max_slots
+FROM shadows.slots s
+WHERE s.lease_expires_at > now()
+GROUP BY s.queue, s.limit_key;
+
+-- As before: wakes, on keys whose locks the caller holds, as many waiting
+-- tasks as each key has free slots, oldest first. Slots count by lease.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION shadows.wake_keys(p_queue text, p_keys text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_woke integer;
+BEGIN
+    WITH maxes AS (
+        SELECT k, greatest(
+            (SELECT max(s.max_slots) FROM shadows.slots s WHERE s.queue = p_queue AND s.limit_key = k),
+            (SELECT max(w.waiting_max) FROM shadows.tasks w
+             WHERE w.queue = p_queue AND w.waiting_on = k AND w.state = 'scheduled')) AS m
+        FROM unnest(p_keys) AS k
+    ), free AS (
+        SELECT k, m - (
+            SELECT count(*) FROM shadows.slots s
+            WHERE s.queue = p_queue AND s.limit_key = k AND s.lease_expires_at > now()
+        ) AS n
+        FROM maxes WHERE m IS NOT NULL
+    ), chosen AS (
+        SELECT w.key FROM free f CROSS JOIN LATERAL (
+            SELECT key FROM shadows.tasks
+            WHERE queue = p_queue AND waiting_on = f.k AND state = 'scheduled'
+            ORDER BY seq
+            LIMIT greatest(f.n, 0)
+        ) AS w
+    )
+    UPDATE shadows.tasks t SET waiting_on = NULL, waiting_max = NULL
+    FROM chosen WHERE t.queue = p_queue AND t.key = chosen.key;
+    GET DIAGNOSTICS v_woke = ROW_COUNT;
+    IF v_woke > 0 THEN
+        PERFORM pg_notify('shadows_ready', p_queue);
+    END IF;
+    RETURN v_woke;
+END
+$$;
+-- +goose StatementEnd
+
+DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[]);
+
+-- Takes slots for claimed (running) runs. Each row of the input is one
+-- limit of one run: p_tasks[i] (claimed at generation p_generations[i])
+-- needs a slot of p_keys[i], of which at most p_maxes[i] may be held; a
+-- slot taken is leased for p_lease_seconds. Runs are served in the order
+-- they were due; a run gets all of its slots or none: if any of its keys is
+-- full, or older tasks already wait on it, the task is parked on that key
+-- (back to scheduled, the claim undone, no attempt spent) and returned. A
+-- parked run that was superseded meanwhile parks nothing (its worker drops
+-- it). A redelivered run keeps the slots it had. The whole batch is decided
+-- with a handful of statements, whatever its size.
+-- +goose StatementBegin
+CREATE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
+                                      p_keys text[], p_maxes integer[], p_lease_seconds float8)
+RETURNS TABLE (parked_key text, parked_on text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_idx     jsonb;        -- key → its position in the arrays below
+    v_used    integer[];    -- slots in use per key, counting those granted here
+    v_first   bigint[];     -- per key, seq of the oldest task waiting on it
+    v_waiters boolean := false;
+    v_lease   timestamptz := now() + make_interval(secs => p_lease_seconds);
+    r         record;
+    v_cur     text;
+    v_seq     bigint;
+    v_gen     bigint;
+    v_pos     integer[] := '{}';
+    v_maxes   integer[] := '{}';
+    v_blocked integer;
+    g_tasks   text[] := '{}';
+    g_gens    bigint[] := '{}';
+    g_keys    text[] := '{}';
+    g_maxes   integer[] := '{}';
+    p_t       text[] := '{}';
+    p_k       text[] := '{}';
+    p_m       integer[] := '{}';
+    p_g       bigint[] := '{}';
+    v_keys    text[];
+    i         integer;
+    j         integer;
+BEGIN
+    PERFORM shadows.lock_keys(p_queue, p_keys);
+    SELECT array_agg(k ORDER BY k) INTO v_keys FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS d;
+    SELECT jsonb_object_agg(k, n) INTO v_idx FROM unnest(v_keys) WITH ORDINALITY AS u(k, n);
+    v_used := array_fill(0, ARRAY[array_length(v_keys, 1)]);
+    v_first := array_fill(NULL::bigint, ARRAY[array_length(v_keys, 1)]);
+    -- Live slots per key, other than the asking runs' own (a redelivered
+    -- run keeps its slot), left out with a hash anti-join.
+    FOR r IN
+        WITH asking AS (
+            SELECT DISTINCT a.t, a.g FROM unnest(p_tasks, p_generations) AS a(t, g)
+        )
+        SELECT s.limit_key AS k, count(*) AS n FROM shadows.slots s
+        LEFT JOIN asking ON asking.t = s.task_key AND asking.g = s.generation
+        WHERE s.queue = p_queue AND s.limit_key = ANY (v_keys) AND asking.t IS NULL
+          AND s.lease_expires_at > now()
+        GROUP BY s.limit_key
+    LOOP
+        v_used[(v_idx ->> r.k)::integer] := r.n;
+    END LOOP;
+    FOR r IN
+        SELECT waiting_on AS k, min(seq) AS s FROM shadows.tasks
+        WHERE queue = p_queue AND state = 'scheduled' AND waiting_on = ANY (v_keys)
+        GROUP BY waiting_on
+    LOOP
+        v_first[(v_idx ->> r.k)::integer] := r.s;
+        v_waiters := true;
+    END LOOP;
+
+    -- The common batch: nobody waits on its keys and every key has room
+    -- for all of the batch's runs. Every run gets its slots; no need to
+    -- order the runs and decide them one by one.
+    IF NOT v_waiters AND NOT EXISTS (
+        SELECT 1 FROM (
+            SELECT u.k, count(*) AS n, min(u.m) AS m FROM unnest(p_keys, p_maxes) AS u(k, m) GROUP BY u.k
+        ) AS d
+        WHERE v_used[(v_idx ->> d.k)::integer] + d.n > d.m
+    ) THEN
+        INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
+        SELECT p_queue, u.k, u.t, u.g, u.m, v_lease
+        FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
+        ON CONFLICT (queue, limit_key, task_key, generation) DO UPDATE
+        SET max_slots = excluded.max_slots, lease_expires_at = excluded.lease_expires_at, acquired_at = now();
+        RETURN;
+    END IF;
+
+    -- One pass over the limits, run by run in due order; a run is decided
+    -- when its last limit has been read (the NULL row at the end closes
+    -- the last one).
+    FOR r IN
+        SELECT u.t, u.g, (v_idx ->> u.k)::integer AS pos, u.m, tk.seq, tk.run_at
+        FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
+        JOIN shadows.tasks tk ON tk.queue = p_queue AND tk.key = u.t
+        UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, 'infinity'
+        ORDER BY run_at, seq NULLS LAST, t, g, pos
+    LOOP
+        IF v_cur IS NOT NULL AND (r.t IS DISTINCT FROM v_cur OR r.g IS DISTINCT FROM v_gen) THEN
+            v_blocked := NULL;
+            FOR i IN 1 .. array_length(v_pos, 1) LOOP
+                j := v_pos[i];
+                IF v_used[j] >= v_maxes[i] OR coalesce(v_first[j], v_seq) < v_seq THEN
+                    v_blocked := i;
+                    EXIT;
+                END IF;
+            END LOOP;
+            IF v_blocked IS NULL THEN
+                FOR i IN 1 .. array_length(v_pos, 1) LOOP
+                    j := v_pos[i];
+                    v_used[j] := v_used[j] + 1;
+                    g_tasks := array_append(g_tasks, v_cur);
+                    g_gens := array_append(g_gens, v_gen);
+                    g_keys := array_append(g_keys, v_keys[j]);
+                    g_maxes := array_append(g_maxes, v_maxes[i]);
+                END LOOP;
+            ELSE
+                j := v_pos[v_blocked];
+                p_t := array_append(p_t, v_cur);
+                p_k := array_append(p_k, v_keys[j]);
+                p_m := array_append(p_m, v_maxes[v_blocked]);
+                p_g := array_append(p_g, v_gen);
+                -- Later tasks on this key queue behind it.
+                IF v_first[j] IS NULL THEN
+                    v_first[j] := v_seq;
+                END IF;
+            END IF;
+            v_pos := '{}';
+            v_maxes := '{}';
+        END IF;
+        EXIT WHEN r.t IS NULL;
+        v_cur := r.t;
+        v_seq := r.seq;
+        v_gen := r.g;
+        v_pos := array_append(v_pos, r.pos);
+        v_maxes := array_append(v_maxes, r.m);
+    END LOOP;
+
+    INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
+    SELECT p_queue, u.k, u.t, u.g, u.m, v_lease FROM unnest(g_tasks, g_gens, g_keys, g_maxes) AS u(t, g, k, m)
+    ON CONFLICT (queue, limit_key, task_key, generation) DO UPDATE
+    SET max_slots = excluded.max_slots, lease_expires_at = excluded.lease_expires_at, acquired_at = now();
+
+    IF array_length(p_t, 1) > 0 THEN
+        UPDATE shadows.tasks t
+        SET state = 'scheduled', waiting_on = u.k, waiting_max = u.m,
+            worker = NULL, started_at = NULL, lease_expires_at = NULL,
+            deliveries = greatest(t.deliveries - 1, 0)
+        FROM unnest(p_t, p_k, p_m, p_g) AS u(t, k, m, g)
+        -- Only the claimed generation: a superseded run parks nothing (its
+        -- worker drops it), and never the run that replaced it.
+        WHERE t.queue = p_queue AND t.key = u.t AND t.generation = u.g AND t.state = 'running';
+    END IF;
+
+    -- Tasks parked behind older waiters while slots were free: wake those
+    -- waiters rather than leave them to the backstop.
+    IF v_waiters THEN
+        PERFORM shadows.wake_keys(p_queue, ARRAY(
+            SELECT v_keys[n] FROM generate_subscripts(v_first, 1) AS n WHERE v_first[n] IS NOT NULL));
+    END IF;
+    RETURN QUERY SELECT u.t, u.k FROM unnest(p_t, p_k) AS u(t, k);
+END
+$$;
+-- +goose StatementEnd
+
+-- The backstop for waiters whose slots freed without a release, run by
+-- every worker's sweep: drops slots whose lease lapsed (their worker died
+-- or lost the database) and slots whose run is known to be over (the
+-- task's row is gone, or holds the slot's generation but no longer runs:
+-- a release lost in a crash), then wakes what capacity allows on every
+-- key with waiters. A slot of an older generation than its row's is left
+-- to its lease: its run may still be going (replaced while it ran).
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION shadows.wake_waiters(p_queue text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_stale text[];
+    v_keys  text[];
+BEGIN
+    SELECT array_agg(DISTINCT s.limit_key) INTO v_stale FROM shadows.slots s
+    WHERE s.queue = p_queue AND (s.lease_expires_at <= now() OR NOT EXISTS (
+        SELECT 1 FROM shadows.tasks t
+        WHERE t.queue = s.queue AND t.key = s.task_key
+          AND (t.generation > s.generation OR (t.generation = s.generation AND t.state = 'running'))));
+    SELECT array_agg(DISTINCT waiting_on) INTO v_keys FROM shadows.tasks
+    WHERE queue = p_queue AND state = 'scheduled' AND waiting_on IS NOT NULL;
+    IF v_stale IS NULL AND v_keys IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Locks first, as everything else that touches slots does.
+    PERFORM shadows.lock_keys(p_queue, coalesce(v_stale, '{}') || coalesce(v_keys, '{}'));
+    IF v_stale IS NOT NULL THEN
+        DELETE FROM shadows.slots s
+        WHERE s.queue = p_queue AND s.limit_key = ANY (v_stale) AND (s.lease_expires_at <= now() OR NOT EXISTS (
+            SELECT 1 FROM shadows.tasks t
+            WHERE t.queue = s.queue AND t.key = s.task_key
+              AND (t.generation > s.generation OR (t.generation = s.generation AND t.state = 'running'))));
+    END IF;
+    IF v_keys IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN shadows.wake_keys(p_queue, v_keys);
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose Down
+-- Slots count by their run's row again (as in 00004 and 00007).
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION shadows.wake_waiters(p_queue text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys text[];
+BEGIN
+    SELECT array_agg(DISTINCT waiting_on) INTO v_keys FROM shadows.tasks
+    WHERE queue = p_queue AND state = 'scheduled' AND waiting_on IS NOT NULL;
+    IF v_keys IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM shadows.lock_keys(p_queue, v_keys);
+    DELETE FROM shadows.slots s
+    WHERE s.queue = p_queue AND s.limit_key = ANY (v_keys) AND NOT EXISTS (
+        SELECT 1 FROM shadows.tasks t
+        WHERE t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+          AND t.state = 'running');
+    RETURN shadows.wake_keys(p_queue, v_keys);
+END
+$$;
+-- +goose StatementEnd
+DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[], float8);
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
+                                      p_keys text[], p_maxes integer[])
+RETURNS TABLE (parked_key text, parked_on text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_idx     jsonb;        -- key → its position in the arrays below
+    v_used    integer[];    -- slots in use per key, counting those granted here
+    v_first   bigint[];     -- per key, seq of the oldest task waiting on it
+    v_waiters boolean := false;
+    r         record;
+    v_cur     text;
+    v_seq     bigint;
+    v_gen     bigint;
+    v_pos     integer[] := '{}';
+    v_maxes   integer[] := '{}';
+    v_blocked integer;
+    g_tasks   text[] := '{}';
+    g_gens    bigint[] := '{}';
+    g_keys    text[] := '{}';
+    g_maxes   integer[] := '{}';
+    p_t       text[] := '{}';
+    p_k       text[] := '{}';
+    p_m       integer[] := '{}';
+    p_g       bigint[] := '{}';
+    v_keys    text[];
+    i         integer;
+    j         integer;
+BEGIN
+    PERFORM shadows.lock_keys(p_queue, p_keys);
+    SELECT array_agg(k ORDER BY k) INTO v_keys FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS d;
+    SELECT jsonb_object_agg(k, n) INTO v_idx FROM unnest(v_keys) WITH ORDINALITY AS u(k, n);
+    v_used := array_fill(0, ARRAY[array_length(v_keys, 1)]);
+    v_first := array_fill(NULL::bigint, ARRAY[array_length(v_keys, 1)]);
+    -- Live holders per key, other than the asking tasks: a redelivered task
+    -- keeps the slot it had.
+    -- Slots are counted straight from shadows.slots; only a key whose raw
+    -- count leaves too little room for this batch is recounted with its
+    -- holders' liveness checked (a dead holder's slot does not count), so
+    -- the join with tasks runs only for keys near their limit. The asking
+    -- tasks are left out with a hash anti-join, not "<> ALL", which would
+    -- compare every slot with every asking task.
+    FOR r IN
+        WITH asking AS (
+            SELECT DISTINCT a.t FROM unnest(p_tasks) AS a(t)
+        ), demand AS (
+            SELECT u.k, count(*) AS n, min(u.m) AS m FROM unnest(p_keys, p_maxes) AS u(k, m) GROUP BY u.k
+        ), raw AS (
+            SELECT s.limit_key AS k, count(*) AS n FROM shadows.slots s
+            LEFT JOIN asking ON asking.t = s.task_key
+            WHERE s.queue = p_queue AND s.limit_key = ANY (v_keys) AND asking.t IS NULL
+            GROUP BY s.limit_key
+        )
+        SELECT raw.k, CASE WHEN raw.n + demand.n <= demand.m THEN raw.n ELSE (
+            SELECT count(*) FROM shadows.slots s
+            JOIN shadows.tasks t ON t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+            LEFT JOIN asking ON asking.t = s.task_key
+            WHERE s.queue = p_queue AND s.limit_key = raw.k AND asking.t IS NULL
+              AND t.state = 'running' AND t.lease_expires_at > now()) END AS n
+        FROM raw JOIN demand ON demand.k = raw.k
+    LOOP
+        v_used[(v_idx ->> r.k)::integer] := r.n;
+    END LOOP;
+    FOR r IN
+        SELECT waiting_on AS k, min(seq) AS s FROM shadows.tasks
+        WHERE queue = p_queue AND state = 'scheduled' AND waiting_on = ANY (v_keys)
+        GROUP BY waiting_on
+    LOOP
+        v_first[(v_idx ->> r.k)::integer] := r.s;
+        v_waiters := true;
+    END LOOP;
+
+    -- The common batch: nobody waits on its keys and every key has room
+    -- for all of the batch's tasks. Every task gets its slots; no need to
+    -- order the tasks and decide them one by one.
+    IF NOT v_waiters AND NOT EXISTS (
+        SELECT 1 FROM (
+            SELECT u.k, count(*) AS n, min(u.m) AS m FROM unnest(p_keys, p_maxes) AS u(k, m) GROUP BY u.k
+        ) AS d
+        WHERE v_used[(v_idx ->> d.k)::integer] + d.n > d.m
+    ) THEN
+        INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots)
+        SELECT p_queue, u.k, u.t, u.g, u.m FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
+        ON CONFLICT (queue, limit_key, task_key) DO UPDATE
+        SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now()
+        WHERE shadows.slots.generation <= excluded.generation;
+        RETURN;
+    END IF;
+
+    -- One pass over the limits, task by task in due order; a task is
+    -- decided when its last limit has been read (the NULL row at the end
+    -- closes the last one).
+    FOR r IN
+        SELECT u.t, u.g, (v_idx ->> u.k)::integer AS pos, u.m, tk.seq, tk.run_at
+        FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
+        JOIN shadows.tasks tk ON tk.queue = p_queue AND tk.key = u.t
+        UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, 'infinity'
+        ORDER BY run_at, seq NULLS LAST, t, pos
+    LOOP
+        IF v_cur IS NOT NULL AND r.t IS DISTINCT FROM v_cur THEN
+            v_blocked := NULL;
+            FOR i IN 1 .. array_length(v_pos, 1) LOOP
+                j := v_pos[i];
+                IF v_used[j] >= v_maxes[i] OR coalesce(v_first[j], v_seq) < v_seq THEN
+                    v_blocked := i;
+                    EXIT;
+                END IF;
+            END LOOP;
+            IF v_blocked IS NULL THEN
+                FOR i IN 1 .. array_length(v_pos, 1) LOOP
+                    j := v_pos[i];
+                    v_used[j] := v_used[j] + 1;
+                    g_tasks := array_append(g_tasks, v_cur);
+                    g_gens := array_append(g_gens, v_gen);
+                    g_keys := array_append(g_keys, v_keys[j]);
+                    g_maxes := array_append(g_maxes, v_maxes[i]);
+                END LOOP;
+            ELSE
+                j := v_pos[v_blocked];
+                p_t := array_append(p_t, v_cur);
+                p_k := array_append(p_k, v_keys[j]);
+                p_m := array_append(p_m, v_maxes[v_blocked]);
+                p_g := array_append(p_g, v_gen);
+                -- Later tasks on this key queue behind it.
+                IF v_first[j] IS NULL THEN
+                    v_first[j] := v_seq;
+                END IF;
+            END IF;
+            v_pos := '{}';
+            v_maxes := '{}';
+        END IF;
+        EXIT WHEN r.t IS NULL;
+        v_cur := r.t;
+        v_seq := r.seq;
+        v_gen := r.g;
+        v_pos := array_append(v_pos, r.pos);
+        v_maxes := array_append(v_maxes, r.m);
+    END LOOP;
+
+    INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots)
+    SELECT p_queue, u.k, u.t, u.g, u.m FROM unnest(g_tasks, g_gens, g_keys, g_maxes) AS u(t, g, k, m)
+    ON CONFLICT (queue, limit_key, task_key) DO UPDATE
+    SET generation = excluded.generation, max_slots = excluded.max_slots, acquired_at = now()
+    -- A run superseded by a replace never takes over the slot of the run
+    -- that replaced it.
+    WHERE shadows.slots.generation <= excluded.generation;
+
+    IF array_length(p_t, 1) > 0 THEN
+        UPDATE shadows.tasks t
+        SET state = 'scheduled', waiting_on = u.k, waiting_max = u.m,
+            worker = NULL, started_at = NULL, lease_expires_at = NULL,
+            deliveries = greatest(t.deliveries - 1, 0)
+        FROM unnest(p_t, p_k, p_m, p_g) AS u(t, k, m, g)
+        -- Only the claimed generation: a superseded run parks nothing (its
+        -- worker drops it), and never the run that replaced it.
+        WHERE t.queue = p_queue AND t.key = u.t AND t.generation = u.g AND t.state = 'running';
+    END IF;
+
+    -- Tasks parked behind older waiters while slots were free: wake those
+    -- waiters rather than leave them to the backstop.
+    IF v_waiters THEN
+        PERFORM shadows.wake_keys(p_queue, ARRAY(
+            SELECT v_keys[n] FROM generate_subscripts(v_first, 1) AS n WHERE v_first[n] IS NOT NULL));
+    END IF;
+    RETURN QUERY SELECT u.t, u.k FROM unnest(p_t, p_k) AS u(t, k);
+END
+$$;
+-- +goose StatementEnd
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION shadows.wake_keys(p_queue text, p_keys text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_woke integer;
+BEGIN
+    WITH maxes AS (
+        SELECT k, greatest(
+            (SELECT max(s.max_slots) FROM shadows.slots s WHERE s.queue = p_queue AND s.limit_key = k),
+            (SELECT max(w.waiting_max) FROM shadows.tasks w
+             WHERE w.queue = p_queue AND w.waiting_on = k AND w.state = 'scheduled')) AS m
+        FROM unnest(p_keys) AS k
+    ), free AS (
+        SELECT k, m - (
+            SELECT count(*) FROM shadows.slots s
+            JOIN shadows.tasks t ON t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+            WHERE s.queue = p_queue AND s.limit_key = k AND t.state = 'running' AND t.lease_expires_at > now()
+        ) AS n
+        FROM maxes WHERE m IS NOT NULL
+    ), chosen AS (
+        SELECT w.key FROM free f CROSS JOIN LATERAL (
+            SELECT key FROM shadows.tasks
+            WHERE queue = p_queue AND waiting_on = f.k AND state = 'scheduled'
+            ORDER BY seq
+            LIMIT greatest(f.n, 0)
+        ) AS w
+    )
+    UPDATE shadows.tasks t SET waiting_on = NULL, waiting_max = NULL
+    FROM chosen WHERE t.queue = p_queue AND t.key = chosen.key;
+    GET DIAGNOSTICS v_woke = ROW_COUNT;
+    IF v_woke > 0 THEN
+        PERFORM pg_notify('shadows_ready', p_queue);
+    END IF;
+    RETURN v_woke;
+END
+$$;
+-- +goose StatementEnd
+CREATE OR REPLACE VIEW shadows.concurrency AS
+SELECT s.queue, s.limit_key, count(*) AS running, max(s.max_slots) AS max_slots
+FROM shadows.slots s
+JOIN shadows.tasks t ON t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
+WHERE t.state = 'running' AND t.lease_expires_at > now()
+GROUP BY s.queue, s.limit_key;
+DELETE FROM shadows.slots s WHERE EXISTS (
+    SELECT 1 FROM shadows.slots n
+    WHERE n.queue = s.queue AND n.limit_key = s.limit_key AND n.task_key = s.task_key
+      AND n.generation > s.generation);
+DROP INDEX shadows.slots_holder;
+CREATE INDEX slots_holder ON shadows.slots (queue, task_key);
+ALTER TABLE shadows.slots
+    DROP CONSTRAINT slots_pkey,
+    ADD PRIMARY KEY (queue, limit_key, task_key),
+    DROP COLUMN lease_expires_at;
