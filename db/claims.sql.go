@@ -514,17 +514,24 @@ func (q *Queries) NextDue(ctx context.Context, db DBTX, queue string) (time.Time
 }
 
 const releaseSlots = `-- name: ReleaseSlots :one
-SELECT shadows.release_slots($1::text, $2::text[], $3::bigint[])::int AS woken
+SELECT shadows.release_slots($1::text, $2::text[], $3::bigint[], $4::text[])::int AS woken
 `
 
 type ReleaseSlotsParams struct {
 	Queue       string
 	Tasks       []string
 	Generations []int64
+	LimitKeys   []string
 }
 
+// Concurrency limits: see shadows.release_slots. One row per slot.
 func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsParams) (int32, error) {
-	row := db.QueryRow(ctx, releaseSlots, arg.Queue, arg.Tasks, arg.Generations)
+	row := db.QueryRow(ctx, releaseSlots,
+		arg.Queue,
+		arg.Tasks,
+		arg.Generations,
+		arg.LimitKeys,
+	)
 	var woken int32
 	err := row.Scan(&woken)
 	return woken, err
@@ -600,27 +607,32 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 const renewSlots = `-- name: RenewSlots :exec
 UPDATE shadows.slots s
 SET lease_expires_at = now() + make_interval(secs => $1::float8)
-FROM (SELECT unnest($3::text[]) AS key, unnest($4::bigint[]) AS generation) AS u
-WHERE s.queue = $2::text AND s.task_key = u.key AND s.generation = u.generation
+FROM (SELECT unnest($3::text[]) AS task, unnest($4::bigint[]) AS generation,
+             unnest($5::text[]) AS limit_key) AS u
+WHERE s.queue = $2::text AND s.limit_key = u.limit_key AND s.task_key = u.task
+  AND s.generation = u.generation
 `
 
 type RenewSlotsParams struct {
 	LeaseSeconds float64
 	Queue        string
-	Keys         []string
+	Tasks        []string
 	Generations  []int64
+	LimitKeys    []string
 }
 
 // Extends the leases of the concurrency slots held by this worker's runs
-// in flight, including runs whose task was replaced while they ran: their
-// slots count until their handlers return. Its own statement, holding no
-// task row locks, so it never waits in a cycle with acquire_slots.
+// in flight, including runs whose task was replaced or cancelled while
+// they ran: their slots count until their handlers return. Each slot is
+// found by its whole primary key. Its own statement, holding no task row
+// locks, so it never waits in a cycle with acquire_slots.
 func (q *Queries) RenewSlots(ctx context.Context, db DBTX, arg RenewSlotsParams) error {
 	_, err := db.Exec(ctx, renewSlots,
 		arg.LeaseSeconds,
 		arg.Queue,
-		arg.Keys,
+		arg.Tasks,
 		arg.Generations,
+		arg.LimitKeys,
 	)
 	return err
 }

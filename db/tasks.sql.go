@@ -60,14 +60,10 @@ WITH epoch AS (
     -- An ended key, or a running one that a cancel already ended as far
     -- as users can see (its handler is winding down): as docket does, a
     -- cancel frees the key at once, and the old run can no longer record
-    -- anything (its generation is gone). Except while the old run holds
-    -- concurrency slots: they count only for the row's generation, so
-    -- replacing it would let a handler that ignores the cancel run past
-    -- its limits; such a key frees when the handler returns.
+    -- anything (its generation is gone). Its concurrency slots are its
+    -- own and count until its handler returns.
     WHERE t.state IN ('completed', 'failed', 'cancelled')
-       OR (t.state = 'running' AND t.cancel_requested AND NOT EXISTS (
-               SELECT 1 FROM shadows.slots s
-               WHERE s.queue = t.queue AND s.task_key = t.key AND s.generation = t.generation))
+       OR (t.state = 'running' AND t.cancel_requested)
     RETURNING t.generation, t.run_at, t.created_at
 )
 SELECT coalesce((SELECT rule FROM struck), '')::text AS struck_by,
@@ -155,14 +151,10 @@ WITH input AS (
     -- An ended key, or a running one that a cancel already ended as far
     -- as users can see (its handler is winding down): as docket does, a
     -- cancel frees the key at once, and the old run can no longer record
-    -- anything (its generation is gone). Except while the old run holds
-    -- concurrency slots: they count only for the row's generation, so
-    -- replacing it would let a handler that ignores the cancel run past
-    -- its limits; such a key frees when the handler returns.
+    -- anything (its generation is gone). Its concurrency slots are its
+    -- own and count until its handler returns.
     WHERE t.state IN ('completed', 'failed', 'cancelled')
-       OR (t.state = 'running' AND t.cancel_requested AND NOT EXISTS (
-               SELECT 1 FROM shadows.slots s
-               WHERE s.queue = t.queue AND s.task_key = t.key AND s.generation = t.generation))
+       OR (t.state = 'running' AND t.cancel_requested)
     RETURNING t.key, t.generation, t.run_at, t.created_at
 )
 SELECT judged.key::text AS key, coalesce(judged.struck_by, '')::text AS struck_by, ins.generation, ins.run_at, ins.created_at
@@ -266,8 +258,7 @@ type CancelTaskRow struct {
 // Cancels a task that has not ended. The claim query only takes scheduled
 // rows, so a cancelled task that was due but unclaimed can never start. A
 // running task is ended at once as far as users see it (its record reads
-// cancelled, from now, and its key can be added again unless the run holds
-// concurrency slots), while its worker, told by a notification naming the
+// cancelled, from now, and its key can be added again), while its worker, told by a notification naming the
 // run's generation, cancels the handler and records how it really ended
 // (cancelled, or as the handler ended if it ignored the cancel). Until
 // then the row stays running, so the run keeps its lease and its slots.

@@ -19,12 +19,14 @@ FROM shadows.tasks t
 WHERE t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
   AND t.state = 'running' AND t.lease_expires_at IS NOT NULL;
 DELETE FROM shadows.slots WHERE lease_expires_at IS NULL;
+-- Workers name every slot by its whole key (they know their runs' limit
+-- keys), so the primary key is the only index: one index entry per slot
+-- taken, and no choice of index for the planner to get wrong.
 ALTER TABLE shadows.slots
     ALTER COLUMN lease_expires_at SET NOT NULL,
     DROP CONSTRAINT slots_pkey,
     ADD PRIMARY KEY (queue, limit_key, task_key, generation);
 DROP INDEX shadows.slots_holder;
-CREATE INDEX slots_holder ON shadows.slots (queue, task_key, generation);
 
 CREATE OR REPLACE VIEW shadows.concurrency AS
 SELECT s.queue, s.limit_key, count(*) AS running, max(s.max_slots) AS max_slots
@@ -235,6 +237,33 @@ END
 $$;
 -- +goose StatementEnd
 
+DROP FUNCTION shadows.release_slots(text, text[], bigint[]);
+
+-- Frees the slots of runs that ended: slot i is p_keys[i] of the run
+-- p_tasks[i] at p_generations[i]. Wakes waiters on the keys that freed up
+-- and returns how many tasks it woke.
+-- +goose StatementBegin
+CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generations bigint[], p_keys text[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_waiting text[];
+BEGIN
+    -- Lock the keys first, as everything else that touches slots does.
+    PERFORM shadows.lock_keys(p_queue, p_keys);
+    DELETE FROM shadows.slots s
+    USING unnest(p_tasks, p_generations, p_keys) AS u(t, g, k)
+    WHERE s.queue = p_queue AND s.limit_key = u.k AND s.task_key = u.t AND s.generation = u.g;
+    SELECT array_agg(DISTINCT waiting_on) INTO v_waiting FROM shadows.tasks
+    WHERE queue = p_queue AND state = 'scheduled' AND waiting_on = ANY (p_keys);
+    IF v_waiting IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN shadows.wake_keys(p_queue, v_waiting);
+END
+$$;
+-- +goose StatementEnd
+
 -- The backstop for waiters whose slots freed without a release, run by
 -- every worker's sweep: drops slots whose lease lapsed (their worker died
 -- or lost the database) and slots whose run is known to be over (the
@@ -300,6 +329,37 @@ END
 $$;
 -- +goose StatementEnd
 DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[], float8);
+DROP FUNCTION shadows.release_slots(text, text[], bigint[], text[]);
+-- +goose StatementBegin
+CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generations bigint[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys    text[];
+    v_waiting text[];
+BEGIN
+    -- Lock the keys first, as everything else that touches slots does, then
+    -- free the slots: a sweep deleting the same stale slots waits here
+    -- instead of deadlocking.
+    SELECT array_agg(DISTINCT s.limit_key) INTO v_keys FROM shadows.slots s
+    JOIN unnest(p_tasks, p_generations) AS u(t, g) ON s.task_key = u.t AND s.generation = u.g
+    WHERE s.queue = p_queue;
+    IF v_keys IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM shadows.lock_keys(p_queue, v_keys);
+    DELETE FROM shadows.slots s
+    USING unnest(p_tasks, p_generations) AS u(t, g)
+    WHERE s.queue = p_queue AND s.task_key = u.t AND s.generation = u.g;
+    SELECT array_agg(DISTINCT waiting_on) INTO v_waiting FROM shadows.tasks
+    WHERE queue = p_queue AND state = 'scheduled' AND waiting_on = ANY (v_keys);
+    IF v_waiting IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN shadows.wake_keys(p_queue, v_waiting);
+END
+$$;
+-- +goose StatementEnd
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
                                       p_keys text[], p_maxes integer[])
@@ -515,7 +575,6 @@ DELETE FROM shadows.slots s WHERE EXISTS (
     SELECT 1 FROM shadows.slots n
     WHERE n.queue = s.queue AND n.limit_key = s.limit_key AND n.task_key = s.task_key
       AND n.generation > s.generation);
-DROP INDEX shadows.slots_holder;
 CREATE INDEX slots_holder ON shadows.slots (queue, task_key);
 ALTER TABLE shadows.slots
     DROP CONSTRAINT slots_pkey,

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/shadows-go/shadows/db"
 	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
@@ -114,18 +115,19 @@ func (s *inflightSet) snapshot() (keys []string, generations []int64, deliveries
 	return keys, generations, deliveries
 }
 
-// slotHolders lists the runs in flight that hold concurrency slots, whose
-// slot leases the worker renews with the task leases.
-func (s *inflightSet) slotHolders() (keys []string, generations []int64) {
+// heldSlots lists the concurrency slots held by runs in flight, one entry
+// per slot, for the worker to renew their leases with the task leases.
+func (s *inflightSet) heldSlots() (p db.RenewSlotsParams) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, f := range s.m {
-		if len(f.x.slots) > 0 {
-			keys = append(keys, k.key)
-			generations = append(generations, k.generation)
+		for _, slot := range f.x.slots {
+			p.Tasks = append(p.Tasks, k.key)
+			p.Generations = append(p.Generations, k.generation)
+			p.LimitKeys = append(p.LimitKeys, slot.key)
 		}
 	}
-	return keys, generations
+	return p
 }
 
 // Outcome states as the finisher records them.
@@ -140,7 +142,7 @@ const (
 type outcome struct {
 	key        inflightKey
 	deliveries int32
-	hasSlots   bool // holds concurrency slots to release
+	slots      []slotRequest // concurrency slots to release
 	state      string
 	err        string
 	result     json.RawMessage
@@ -162,7 +164,7 @@ func (w *Worker) execute(f *inflight) {
 	if w.logger.Enabled(f.ctx, slog.LevelError) {
 		x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
 	}
-	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries, hasSlots: len(x.slots) > 0}
+	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries, slots: x.slots}
 	policy := reg.policy
 
 	if w.atMost != nil && w.exceedsAtMost(x.Key) {
@@ -173,7 +175,7 @@ func (w *Worker) execute(f *inflight) {
 	}
 
 	if x.preErr != nil {
-		out.state, out.err, out.hasSlots = stateFailed, x.preErr.Error(), false
+		out.state, out.err, out.slots = stateFailed, x.preErr.Error(), nil
 		x.Logger.Error("↩ "+x.Name+"(…) failed before it started", "error", out.err)
 		w.done.push(out)
 		return

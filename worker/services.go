@@ -142,9 +142,10 @@ func (f *finisher) flush(ctx context.Context) bool {
 func (f *finisher) releaseSlots(ctx context.Context, batch []outcome) {
 	var p db.ReleaseSlotsParams
 	for _, o := range batch {
-		if o.hasSlots {
+		for _, slot := range o.slots {
 			p.Tasks = append(p.Tasks, o.key.key)
 			p.Generations = append(p.Generations, o.key.generation)
+			p.LimitKeys = append(p.LimitKeys, slot.key)
 		}
 	}
 	if len(p.Tasks) == 0 {
@@ -361,11 +362,10 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	for _, r := range cancelled {
 		w.inflight.cancelRun(r.Key, r.Generation)
 	}
-	if keys, gens := w.inflight.slotHolders(); len(keys) > 0 {
+	if held := w.inflight.heldSlots(); len(held.Tasks) > 0 {
 		// Every holder, replaced or not: its slots count while it runs.
-		return w.queries.RenewSlots(ctx, w.pool, db.RenewSlotsParams{
-			Queue: w.q.Name(), Keys: keys, Generations: gens, LeaseSeconds: w.leaseSeconds(),
-		})
+		held.Queue, held.LeaseSeconds = w.q.Name(), w.leaseSeconds()
+		return w.queries.RenewSlots(ctx, w.pool, held)
 	}
 	return nil
 }

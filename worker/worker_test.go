@@ -391,11 +391,11 @@ func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
 	require.Equal(t, queue.StateCompleted, ex.State)
 }
 
-// A cancelled run that holds concurrency slots keeps its key until its
-// handler returns: its slots count only for its own generation, so a new
-// run of the key would let a handler that ignores the cancel exceed the
-// limit beside it.
-func TestCancelledRunHoldingSlotsKeepsItsKey(t *testing.T) {
+// A cancel frees the key of a run holding concurrency slots too, but its
+// slots stay its own until its handler returns: a new run of the key waits
+// for them, so a handler that ignores the cancel never runs past the limit
+// beside it.
+func TestCancelledRunKeepsItsSlotsUntilItReturns(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	started := make(chan string, 3)
@@ -408,6 +408,9 @@ func TestCancelledRunHoldingSlotsKeepsItsKey(t *testing.T) {
 		return nil
 	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Max: 1}}})
 	b.start(t)
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(unblock)
 	ctx := t.Context()
 	_, err := b.q.Add(ctx, Block{ID: "old"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
@@ -419,16 +422,19 @@ func TestCancelledRunHoldingSlotsKeepsItsKey(t *testing.T) {
 
 	again, err := b.q.Add(ctx, Block{ID: "new"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
-	require.Equal(t, queue.DispositionAlreadyScheduled, again.Disposition, "the key stays with the run holding the slot")
+	require.Equal(t, queue.DispositionScheduled, again.Disposition, "the cancel freed the key")
+	eventually(t, "the new run is claimed and decided", func() bool {
+		ex, err := b.q.Execution(ctx, "k")
+		return err == nil && ex.WaitingOn != "" || len(started) > 0
+	})
+	require.Empty(t, started, "the new run must wait for the old run's slot")
 
-	close(release)
+	unblock()
+	require.Equal(t, "new", <-started)
 	ex, err = b.wait(t, "k")
 	require.NoError(t, err)
-	require.Equal(t, queue.StateCompleted, ex.State, "the handler ignored the cancel")
-	again, err = b.q.Add(ctx, Block{ID: "new"}, &queue.AddOpts{Key: "k"})
-	require.NoError(t, err)
-	require.Equal(t, queue.DispositionScheduled, again.Disposition, "the key frees once the handler returned")
-	require.Equal(t, "new", <-started)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.EqualValues(t, 2, ex.Generation)
 }
 
 func TestCancelledDueTaskNeverRuns(t *testing.T) {
