@@ -605,34 +605,30 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 }
 
 const renewSlots = `-- name: RenewSlots :exec
-UPDATE shadows.slots s
-SET lease_expires_at = now() + make_interval(secs => $1::float8)
-FROM (SELECT unnest($3::text[]) AS task, unnest($4::bigint[]) AS generation,
-             unnest($5::text[]) AS limit_key) AS u
-WHERE s.queue = $2::text AND s.limit_key = u.limit_key AND s.task_key = u.task
-  AND s.generation = u.generation
+SELECT shadows.renew_slots($1::text, $2::text[], $3::bigint[], $4::text[],
+                           $5::float8)
 `
 
 type RenewSlotsParams struct {
-	LeaseSeconds float64
 	Queue        string
 	Tasks        []string
 	Generations  []int64
 	LimitKeys    []string
+	LeaseSeconds float64
 }
 
 // Extends the leases of the concurrency slots held by this worker's runs
 // in flight, including runs whose task was replaced or cancelled while
-// they ran: their slots count until their handlers return. Each slot is
-// found by its whole primary key. Its own statement, holding no task row
-// locks, so it never waits in a cycle with acquire_slots.
+// they ran: their slots count until their handlers return. Its own
+// statement, holding no task row locks, so it never waits in a cycle with
+// acquire_slots.
 func (q *Queries) RenewSlots(ctx context.Context, db DBTX, arg RenewSlotsParams) error {
 	_, err := db.Exec(ctx, renewSlots,
-		arg.LeaseSeconds,
 		arg.Queue,
 		arg.Tasks,
 		arg.Generations,
 		arg.LimitKeys,
+		arg.LeaseSeconds,
 	)
 	return err
 }

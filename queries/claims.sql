@@ -253,15 +253,11 @@ FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[],
 -- name: RenewSlots :exec
 -- Extends the leases of the concurrency slots held by this worker's runs
 -- in flight, including runs whose task was replaced or cancelled while
--- they ran: their slots count until their handlers return. Each slot is
--- found by its whole primary key. Its own statement, holding no task row
--- locks, so it never waits in a cycle with acquire_slots.
-UPDATE shadows.slots s
-SET lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
-FROM (SELECT unnest(@tasks::text[]) AS task, unnest(@generations::bigint[]) AS generation,
-             unnest(@limit_keys::text[]) AS limit_key) AS u
-WHERE s.queue = @queue::text AND s.limit_key = u.limit_key AND s.task_key = u.task
-  AND s.generation = u.generation;
+-- they ran: their slots count until their handlers return. Its own
+-- statement, holding no task row locks, so it never waits in a cycle with
+-- acquire_slots.
+SELECT shadows.renew_slots(@queue::text, @tasks::text[], @generations::bigint[], @limit_keys::text[],
+                           @lease_seconds::float8);
 
 -- name: ReleaseSlots :one
 -- Concurrency limits: see shadows.release_slots. One row per slot.

@@ -476,3 +476,30 @@ func TestLongRunKeepsItsSlot(t *testing.T) {
 	require.Equal(t, []string{"start long", "end long", "start next", "end next"}, occ.order)
 	require.Equal(t, 1, occ.peak["main"])
 }
+
+// A batch naming many limit keys at once takes a bounded number of locks:
+// one lock per key used to exhaust the server's lock table ("out of shared
+// memory") at around ten thousand keys with default settings.
+func TestSlotWorkOnManyKeysAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	const n = 20000
+	tasks, gens, keys, maxes := make([]string, n), make([]int64, n), make([]string, n), make([]int32, n)
+	for i := range n {
+		tasks[i], gens[i], keys[i], maxes[i] = fmt.Sprint("t", i), 1, fmt.Sprint("k", i), 1
+	}
+	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, 60)`,
+		b.q.Name(), tasks, gens, keys, maxes)
+	require.NoError(t, err)
+	parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Empty(t, parked)
+	var held int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.concurrency WHERE queue = $1`, b.q.Name()).Scan(&held))
+	require.Equal(t, n, held)
+	_, err = b.pool.Exec(ctx, `SELECT shadows.release_slots($1, $2, $3, $4)`, b.q.Name(), tasks, gens, keys)
+	require.NoError(t, err)
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&held))
+	require.Zero(t, held)
+}
