@@ -14,7 +14,7 @@ import (
 const acquireSlots = `-- name: AcquireSlots :many
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
 FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[],
-                           $4::text[], $5::int[], $6::float8)
+                           $4::text[], $5::int[], $6::bool[], $7::float8)
 `
 
 type AcquireSlotsParams struct {
@@ -23,6 +23,7 @@ type AcquireSlotsParams struct {
 	Generations  []int64
 	LimitKeys    []string
 	Maxes        []int32
+	Redelivered  []bool
 	LeaseSeconds float64
 }
 
@@ -39,6 +40,7 @@ func (q *Queries) AcquireSlots(ctx context.Context, db DBTX, arg AcquireSlotsPar
 		arg.Generations,
 		arg.LimitKeys,
 		arg.Maxes,
+		arg.Redelivered,
 		arg.LeaseSeconds,
 	)
 	if err != nil {

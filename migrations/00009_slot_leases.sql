@@ -105,11 +105,13 @@ DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[]);
 -- full, or older tasks already wait on it, the task is parked on that key
 -- (back to scheduled, the claim undone, no attempt spent) and returned. A
 -- parked run that was superseded meanwhile parks nothing (its worker drops
--- it). A redelivered run keeps the slots it had. The whole batch is decided
--- with a handful of statements, whatever its size.
+-- it). A redelivered run (p_redelivered[i]: only those can hold slots
+-- already) keeps the slots it had. The whole batch is decided with a
+-- handful of statements, whatever its size.
 -- +goose StatementBegin
 CREATE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
-                                      p_keys text[], p_maxes integer[], p_lease_seconds float8)
+                                      p_keys text[], p_maxes integer[], p_redelivered boolean[],
+                                      p_lease_seconds float8)
 RETURNS TABLE (parked_key text, parked_on text)
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
@@ -153,8 +155,8 @@ BEGIN
         v_used[(v_idx ->> r.k)::integer] := r.n;
     END LOOP;
     FOR r IN
-        SELECT u.k, count(*) AS n FROM unnest(p_tasks, p_generations, p_keys) AS u(t, g, k)
-        WHERE (SELECT s.lease_expires_at > now() FROM shadows.slots s
+        SELECT u.k, count(*) AS n FROM unnest(p_tasks, p_generations, p_keys, p_redelivered) AS u(t, g, k, r)
+        WHERE u.r AND (SELECT s.lease_expires_at > now() FROM shadows.slots s
                WHERE s.queue = p_queue AND s.limit_key = u.k AND s.task_key = u.t AND s.generation = u.g)
         GROUP BY u.k
     LOOP
@@ -390,7 +392,7 @@ FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k ORDER BY 1) AS keys;
 $$;
 -- +goose StatementEnd
 DROP FUNCTION shadows.renew_slots(text, text[], bigint[], text[], float8);
-DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[], float8);
+DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[], boolean[], float8);
 DROP FUNCTION shadows.release_slots(text, text[], bigint[], text[]);
 -- +goose StatementBegin
 CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generations bigint[])

@@ -248,7 +248,7 @@ WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bi
 -- Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
 FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[],
-                           @limit_keys::text[], @maxes::int[], @lease_seconds::float8);
+                           @limit_keys::text[], @maxes::int[], @redelivered::bool[], @lease_seconds::float8);
 
 -- name: RenewSlots :exec
 -- Extends the leases of the concurrency slots held by this worker's runs

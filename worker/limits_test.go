@@ -326,8 +326,8 @@ func TestSupersededRunLeavesItsReplacementAlone(t *testing.T) {
 	}
 	acquire := func(key string, generation int64, limitKey string, max int) []string {
 		t.Helper()
-		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, 3600)`,
-			b.q.Name(), []string{key}, []int64{generation}, []string{limitKey}, []int32{int32(max)})
+		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 3600)`,
+			b.q.Name(), []string{key}, []int64{generation}, []string{limitKey}, []int32{int32(max)}, []bool{false})
 		require.NoError(t, err)
 		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)
@@ -486,11 +486,12 @@ func TestSlotWorkOnManyKeysAtOnce(t *testing.T) {
 	ctx := t.Context()
 	const n = 20000
 	tasks, gens, keys, maxes := make([]string, n), make([]int64, n), make([]string, n), make([]int32, n)
+	redelivered := make([]bool, n)
 	for i := range n {
 		tasks[i], gens[i], keys[i], maxes[i] = fmt.Sprint("t", i), 1, fmt.Sprint("k", i), 1
 	}
-	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, 60)`,
-		b.q.Name(), tasks, gens, keys, maxes)
+	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 60)`,
+		b.q.Name(), tasks, gens, keys, maxes, redelivered)
 	require.NoError(t, err)
 	parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)

@@ -201,6 +201,7 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 			p.Generations = append(p.Generations, x.generation)
 			p.LimitKeys = append(p.LimitKeys, s.key)
 			p.Maxes = append(p.Maxes, int32(s.max))
+			p.Redelivered = append(p.Redelivered, x.Redelivered)
 		}
 	}
 	if len(p.Tasks) == 0 {
