@@ -13,17 +13,17 @@ import (
 
 const acquireSlots = `-- name: AcquireSlots :many
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
-FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[],
-                           $4::text[], $5::int[], $6::bool[], $7::float8)
+FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[], $4::bigint[],
+                           $5::text[], $6::int[], $7::float8)
 `
 
 type AcquireSlotsParams struct {
 	Queue        string
 	Tasks        []string
 	Generations  []int64
+	RunIds       []int64
 	LimitKeys    []string
 	Maxes        []int32
-	Redelivered  []bool
 	LeaseSeconds float64
 }
 
@@ -38,9 +38,9 @@ func (q *Queries) AcquireSlots(ctx context.Context, db DBTX, arg AcquireSlotsPar
 		arg.Queue,
 		arg.Tasks,
 		arg.Generations,
+		arg.RunIds,
 		arg.LimitKeys,
 		arg.Maxes,
-		arg.Redelivered,
 		arg.LeaseSeconds,
 	)
 	if err != nil {
@@ -516,24 +516,18 @@ func (q *Queries) NextDue(ctx context.Context, db DBTX, queue string) (time.Time
 }
 
 const releaseSlots = `-- name: ReleaseSlots :one
-SELECT shadows.release_slots($1::text, $2::text[], $3::bigint[], $4::text[])::int AS woken
+SELECT shadows.release_slots($1::text, $2::text[], $3::bigint[])::int AS woken
 `
 
 type ReleaseSlotsParams struct {
-	Queue       string
-	Tasks       []string
-	Generations []int64
-	LimitKeys   []string
+	Queue     string
+	LimitKeys []string
+	RunIds    []int64
 }
 
 // Concurrency limits: see shadows.release_slots. One row per slot.
 func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsParams) (int32, error) {
-	row := db.QueryRow(ctx, releaseSlots,
-		arg.Queue,
-		arg.Tasks,
-		arg.Generations,
-		arg.LimitKeys,
-	)
+	row := db.QueryRow(ctx, releaseSlots, arg.Queue, arg.LimitKeys, arg.RunIds)
 	var woken int32
 	err := row.Scan(&woken)
 	return woken, err
@@ -607,15 +601,13 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 }
 
 const renewSlots = `-- name: RenewSlots :exec
-SELECT shadows.renew_slots($1::text, $2::text[], $3::bigint[], $4::text[],
-                           $5::float8)
+SELECT shadows.renew_slots($1::text, $2::text[], $3::bigint[], $4::float8)
 `
 
 type RenewSlotsParams struct {
 	Queue        string
-	Tasks        []string
-	Generations  []int64
 	LimitKeys    []string
+	RunIds       []int64
 	LeaseSeconds float64
 }
 
@@ -627,9 +619,8 @@ type RenewSlotsParams struct {
 func (q *Queries) RenewSlots(ctx context.Context, db DBTX, arg RenewSlotsParams) error {
 	_, err := db.Exec(ctx, renewSlots,
 		arg.Queue,
-		arg.Tasks,
-		arg.Generations,
 		arg.LimitKeys,
+		arg.RunIds,
 		arg.LeaseSeconds,
 	)
 	return err

@@ -129,6 +129,7 @@ type ShadowsSlot struct {
 	MaxSlots       int32
 	AcquiredAt     time.Time
 	LeaseExpiresAt time.Time
+	RunID          int64
 }
 
 type ShadowsStrike struct {

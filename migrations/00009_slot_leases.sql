@@ -1,27 +1,41 @@
 -- +goose Up
 -- Concurrency slots belong to runs and carry leases of their own.
 --
--- A slot is now one run's (task key and generation) and counts while its
--- lease is live. The lease is set when the slot is taken and renewed by the
--- worker running the task for as long as the handler runs, whether or not
--- the task's row still belongs to that run. Until now a slot counted only
--- while the task's row ran at the slot's generation, so a run whose task
--- was replaced while it ran stopped counting although its handler went on,
--- and the copy that replaced it took over its slot: the limit could be
--- exceeded. Now both copies hold a slot each, and the new copy waits for
--- the old one's when the limit is full.
+-- A slot is now held by one run, named by an id its worker draws at random
+-- when it asks for slots (a redelivery is a new run and draws anew), and
+-- counts while its lease is live. The lease is set when the slot is taken
+-- and renewed by the worker for as long as the handler runs, whether or not
+-- the task's row still belongs to that run; the slot is released in the
+-- same transaction that records the run's outcome. Until now a slot counted
+-- only while the task's row ran at the slot's generation, so a run whose
+-- task was replaced (or cancelled and re-added) while it ran stopped
+-- counting although its handler went on, and the copy that replaced it took
+-- over its slot: the limit could be exceeded. Now both copies hold a slot
+-- each, and the new copy waits for the old one's when the limit is full.
+-- Task keys and generations can repeat (a deleted record's key starts again
+-- at generation 1), which is why slots are not named by them.
 --
--- Workers of an earlier version do not renew slot leases: stop them before
--- migrating.
-ALTER TABLE shadows.slots ADD COLUMN lease_expires_at timestamptz;
+-- Workers of an earlier version neither renew slot leases nor name runs:
+-- stop them before migrating. Slots they held keep counting until their
+-- runs' leases lapse.
+ALTER TABLE shadows.slots ADD COLUMN lease_expires_at timestamptz, ADD COLUMN run_id bigint;
 UPDATE shadows.slots s SET lease_expires_at = t.lease_expires_at
 FROM shadows.tasks t
 WHERE t.queue = s.queue AND t.key = s.task_key AND t.generation = s.generation
   AND t.state = 'running' AND t.lease_expires_at IS NOT NULL;
 DELETE FROM shadows.slots WHERE lease_expires_at IS NULL;
--- Workers name every slot by its whole key (they know their runs' limit
--- keys), so the primary key is the only index: one index entry per slot
--- taken.
+-- Ids no worker draws (workers draw positive ones).
+UPDATE shadows.slots s SET run_id = -n.i
+FROM (SELECT ctid AS tid, row_number() OVER () AS i FROM shadows.slots) AS n
+WHERE s.ctid = n.tid;
+-- The primary key is the only index: one narrow index entry per slot
+-- taken, and every statement on slots names its key and run.
+ALTER TABLE shadows.slots
+    ALTER COLUMN lease_expires_at SET NOT NULL,
+    ALTER COLUMN run_id SET NOT NULL,
+    DROP CONSTRAINT slots_pkey,
+    ADD PRIMARY KEY (queue, limit_key, run_id);
+DROP INDEX shadows.slots_holder;
 --
 -- The functions that read and write slots run with enable_seqscan off. The
 -- table churns (a row per limited run, deleted when it ends), so its
@@ -29,11 +43,6 @@ DELETE FROM shadows.slots WHERE lease_expires_at IS NULL;
 -- the planner join a batch's hundreds of slots by scanning the table once
 -- per slot (90 ms instead of 2 ms for 450 slots, measured). Every slot
 -- statement has an index that serves it.
-ALTER TABLE shadows.slots
-    ALTER COLUMN lease_expires_at SET NOT NULL,
-    DROP CONSTRAINT slots_pkey,
-    ADD PRIMARY KEY (queue, limit_key, task_key, generation);
-DROP INDEX shadows.slots_holder;
 
 -- Slot work locks its limit keys for the rest of the transaction, in a
 -- fixed order so that concurrent callers never deadlock. Keys are locked by
@@ -98,20 +107,18 @@ $$;
 DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[]);
 
 -- Takes slots for claimed (running) runs. Each row of the input is one
--- limit of one run: p_tasks[i] (claimed at generation p_generations[i])
--- needs a slot of p_keys[i], of which at most p_maxes[i] may be held; a
--- slot taken is leased for p_lease_seconds. Runs are served in the order
--- they were due; a run gets all of its slots or none: if any of its keys is
--- full, or older tasks already wait on it, the task is parked on that key
--- (back to scheduled, the claim undone, no attempt spent) and returned. A
--- parked run that was superseded meanwhile parks nothing (its worker drops
--- it). A redelivered run (p_redelivered[i]: only those can hold slots
--- already) keeps the slots it had. The whole batch is decided with a
--- handful of statements, whatever its size.
+-- limit of one run: the run p_runs[i] of task p_tasks[i] (claimed at
+-- generation p_generations[i]) needs a slot of p_keys[i], of which at most
+-- p_maxes[i] may be held; a slot taken is leased for p_lease_seconds. Runs
+-- are served in the order their tasks were due; a run gets all of its
+-- slots or none: if any of its keys is full, or older tasks already wait on
+-- it, the task is parked on that key (back to scheduled, the claim undone,
+-- no attempt spent) and returned. A parked run whose task was superseded
+-- meanwhile parks nothing (its worker drops it). The whole batch is decided
+-- with a handful of statements, whatever its size.
 -- +goose StatementBegin
-CREATE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
-                                      p_keys text[], p_maxes integer[], p_redelivered boolean[],
-                                      p_lease_seconds float8)
+CREATE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[], p_runs bigint[],
+                                      p_keys text[], p_maxes integer[], p_lease_seconds float8)
 RETURNS TABLE (parked_key text, parked_on text)
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
@@ -121,7 +128,8 @@ DECLARE
     v_waiters boolean := false;
     v_lease   timestamptz := now() + make_interval(secs => p_lease_seconds);
     r         record;
-    v_cur     text;
+    v_run     bigint;
+    v_task    text;
     v_seq     bigint;
     v_gen     bigint;
     v_pos     integer[] := '{}';
@@ -129,6 +137,7 @@ DECLARE
     v_blocked integer;
     g_tasks   text[] := '{}';
     g_gens    bigint[] := '{}';
+    g_runs    bigint[] := '{}';
     g_keys    text[] := '{}';
     g_maxes   integer[] := '{}';
     p_t       text[] := '{}';
@@ -144,23 +153,15 @@ BEGIN
     SELECT jsonb_object_agg(k, n) INTO v_idx FROM unnest(v_keys) WITH ORDINALITY AS u(k, n);
     v_used := array_fill(0, ARRAY[array_length(v_keys, 1)]);
     v_first := array_fill(NULL::bigint, ARRAY[array_length(v_keys, 1)]);
-    -- Live slots per key, less the asking runs' own (a redelivered run
-    -- keeps its slot). Every lookup names its key, so each is one probe of
-    -- the primary key whatever the table's statistics say.
+    -- Live slots per key. Every lookup names its key, so each is one probe
+    -- of the primary key whatever the table's statistics say. The asking
+    -- runs hold none yet: each run asks once, under an id of its own.
     FOR r IN
         SELECT k.k, (SELECT count(*) FROM shadows.slots s
                      WHERE s.queue = p_queue AND s.limit_key = k.k AND s.lease_expires_at > now()) AS n
         FROM unnest(v_keys) AS k(k)
     LOOP
         v_used[(v_idx ->> r.k)::integer] := r.n;
-    END LOOP;
-    FOR r IN
-        SELECT u.k, count(*) AS n FROM unnest(p_tasks, p_generations, p_keys, p_redelivered) AS u(t, g, k, r)
-        WHERE u.r AND (SELECT s.lease_expires_at > now() FROM shadows.slots s
-               WHERE s.queue = p_queue AND s.limit_key = u.k AND s.task_key = u.t AND s.generation = u.g)
-        GROUP BY u.k
-    LOOP
-        v_used[(v_idx ->> r.k)::integer] := v_used[(v_idx ->> r.k)::integer] - r.n;
     END LOOP;
     FOR r IN
         SELECT waiting_on AS k, min(seq) AS s FROM shadows.tasks
@@ -180,25 +181,30 @@ BEGIN
         ) AS d
         WHERE v_used[(v_idx ->> d.k)::integer] + d.n > d.m
     ) THEN
-        INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
-        SELECT p_queue, u.k, u.t, u.g, u.m, v_lease
-        FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
-        ON CONFLICT (queue, limit_key, task_key, generation) DO UPDATE
-        SET max_slots = excluded.max_slots, lease_expires_at = excluded.lease_expires_at, acquired_at = now();
+        INSERT INTO shadows.slots (queue, limit_key, run_id, task_key, generation, max_slots, lease_expires_at)
+        SELECT p_queue, u.k, u.r, u.t, u.g, u.m, v_lease
+        FROM unnest(p_tasks, p_generations, p_runs, p_keys, p_maxes) AS u(t, g, r, k, m)
+        ON CONFLICT (queue, limit_key, run_id) DO NOTHING;
         RETURN;
     END IF;
 
     -- One pass over the limits, run by run in due order; a run is decided
-    -- when its last limit has been read (the NULL row at the end closes
-    -- the last one).
+    -- when its last limit has been read (the sentinel row at the end closes
+    -- the last one). A run whose task row is gone (its task was cancelled
+    -- and its record deleted meanwhile) comes last and is decided like any
+    -- other: granted, it holds its slots while it runs; blocked, its worker
+    -- drops it.
     FOR r IN
-        SELECT u.t, u.g, (v_idx ->> u.k)::integer AS pos, u.m, tk.seq, tk.run_at
-        FROM unnest(p_tasks, p_generations, p_keys, p_maxes) AS u(t, g, k, m)
-        JOIN shadows.tasks tk ON tk.queue = p_queue AND tk.key = u.t
-        UNION ALL SELECT NULL, NULL, NULL, NULL, NULL, 'infinity'
-        ORDER BY run_at, seq NULLS LAST, t, g, pos
+        SELECT * FROM (
+            SELECT 0 AS last, u.r, u.t, u.g, (v_idx ->> u.k)::integer AS pos, u.m, tk.seq,
+                   coalesce(tk.run_at, 'infinity') AS run_at
+            FROM unnest(p_tasks, p_generations, p_runs, p_keys, p_maxes) AS u(t, g, r, k, m)
+            LEFT JOIN shadows.tasks tk ON tk.queue = p_queue AND tk.key = u.t
+            UNION ALL SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, 'infinity'
+        ) AS x
+        ORDER BY last, run_at, seq NULLS LAST, r, pos
     LOOP
-        IF v_cur IS NOT NULL AND (r.t IS DISTINCT FROM v_cur OR r.g IS DISTINCT FROM v_gen) THEN
+        IF v_run IS NOT NULL AND r.r IS DISTINCT FROM v_run THEN
             v_blocked := NULL;
             FOR i IN 1 .. array_length(v_pos, 1) LOOP
                 j := v_pos[i];
@@ -211,14 +217,15 @@ BEGIN
                 FOR i IN 1 .. array_length(v_pos, 1) LOOP
                     j := v_pos[i];
                     v_used[j] := v_used[j] + 1;
-                    g_tasks := array_append(g_tasks, v_cur);
+                    g_tasks := array_append(g_tasks, v_task);
                     g_gens := array_append(g_gens, v_gen);
+                    g_runs := array_append(g_runs, v_run);
                     g_keys := array_append(g_keys, v_keys[j]);
                     g_maxes := array_append(g_maxes, v_maxes[i]);
                 END LOOP;
             ELSE
                 j := v_pos[v_blocked];
-                p_t := array_append(p_t, v_cur);
+                p_t := array_append(p_t, v_task);
                 p_k := array_append(p_k, v_keys[j]);
                 p_m := array_append(p_m, v_maxes[v_blocked]);
                 p_g := array_append(p_g, v_gen);
@@ -230,18 +237,19 @@ BEGIN
             v_pos := '{}';
             v_maxes := '{}';
         END IF;
-        EXIT WHEN r.t IS NULL;
-        v_cur := r.t;
+        EXIT WHEN r.last = 1;
+        v_run := r.r;
+        v_task := r.t;
         v_seq := r.seq;
         v_gen := r.g;
         v_pos := array_append(v_pos, r.pos);
         v_maxes := array_append(v_maxes, r.m);
     END LOOP;
 
-    INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
-    SELECT p_queue, u.k, u.t, u.g, u.m, v_lease FROM unnest(g_tasks, g_gens, g_keys, g_maxes) AS u(t, g, k, m)
-    ON CONFLICT (queue, limit_key, task_key, generation) DO UPDATE
-    SET max_slots = excluded.max_slots, lease_expires_at = excluded.lease_expires_at, acquired_at = now();
+    INSERT INTO shadows.slots (queue, limit_key, run_id, task_key, generation, max_slots, lease_expires_at)
+    SELECT p_queue, u.k, u.r, u.t, u.g, u.m, v_lease
+    FROM unnest(g_tasks, g_gens, g_runs, g_keys, g_maxes) AS u(t, g, r, k, m)
+    ON CONFLICT (queue, limit_key, run_id) DO NOTHING;
 
     IF array_length(p_t, 1) > 0 THEN
         UPDATE shadows.tasks t
@@ -267,26 +275,27 @@ $$;
 
 DROP FUNCTION shadows.release_slots(text, text[], bigint[]);
 
--- Frees the slots of runs that ended: slot i is p_keys[i] of the run
--- p_tasks[i] at p_generations[i]. Wakes waiters on the keys that freed up
--- and returns how many tasks it woke.
+-- Frees the slots of runs that ended (slot i is p_keys[i] of run p_runs[i]),
+-- wakes waiters on the keys that freed up and returns how many tasks it
+-- woke. Workers call it in the transaction that records the runs' outcomes,
+-- before recording them, so these advisory locks come before any task row
+-- lock, as in acquire_slots.
 -- +goose StatementBegin
-CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generations bigint[], p_keys text[])
+CREATE FUNCTION shadows.release_slots(p_queue text, p_keys text[], p_runs bigint[])
 RETURNS integer
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     v_waiting text[];
 BEGIN
-    -- Lock the keys first, as everything else that touches slots does.
     PERFORM shadows.lock_keys(p_queue, p_keys);
     -- Each slot found by its primary key and locked, then deleted by its
     -- physical address.
     DELETE FROM shadows.slots s
     WHERE s.ctid = ANY (ARRAY(
-        SELECT x.tid FROM unnest(p_tasks, p_generations, p_keys) AS u(t, g, k)
+        SELECT x.tid FROM unnest(p_keys, p_runs) AS u(k, r)
         CROSS JOIN LATERAL (
             SELECT h.ctid AS tid FROM shadows.slots h
-            WHERE h.queue = p_queue AND h.limit_key = u.k AND h.task_key = u.t AND h.generation = u.g
+            WHERE h.queue = p_queue AND h.limit_key = u.k AND h.run_id = u.r
             LIMIT 1 -- a fence: looked up one by one, by the primary key
             FOR UPDATE
         ) AS x));
@@ -301,61 +310,48 @@ $$;
 -- +goose StatementEnd
 
 -- Extends the leases of slots held by runs in flight (slot i is p_keys[i]
--- of the run p_tasks[i] at p_generations[i]) to p_lease_seconds from now.
+-- of run p_runs[i]) to p_lease_seconds from now. Callers sort the slots by
+-- key and run, so two renewals lock them in the same order.
 -- +goose StatementBegin
-CREATE FUNCTION shadows.renew_slots(p_queue text, p_tasks text[], p_generations bigint[], p_keys text[],
-                                    p_lease_seconds float8)
+CREATE FUNCTION shadows.renew_slots(p_queue text, p_keys text[], p_runs bigint[], p_lease_seconds float8)
 RETURNS void
 LANGUAGE sql SET enable_seqscan = off AS $$
 UPDATE shadows.slots s
 SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
 WHERE s.ctid = ANY (ARRAY(
-    SELECT x.tid FROM unnest(p_tasks, p_generations, p_keys) AS u(t, g, k)
+    SELECT x.tid FROM unnest(p_keys, p_runs) WITH ORDINALITY AS u(k, r, i)
     CROSS JOIN LATERAL (
         SELECT h.ctid AS tid FROM shadows.slots h
-        WHERE h.queue = p_queue AND h.limit_key = u.k AND h.task_key = u.t AND h.generation = u.g
+        WHERE h.queue = p_queue AND h.limit_key = u.k AND h.run_id = u.r
         LIMIT 1 -- a fence: looked up one by one, by the primary key
         FOR UPDATE
-    ) AS x));
+    ) AS x
+    ORDER BY u.i));
 $$;
 -- +goose StatementEnd
 
 -- The backstop for waiters whose slots freed without a release, run by
--- every worker's sweep: drops slots whose lease lapsed (their worker died
--- or lost the database) and slots whose run is known to be over (the
--- task's row is gone, or holds the slot's generation but no longer runs:
--- a release lost in a crash), then wakes what capacity allows on every
--- key with waiters. A slot of an older generation than its row's is left
--- to its lease: its run may still be going (replaced while it ran).
+-- every worker's sweep: wakes what capacity allows on every key with
+-- waiters. A slot whose lease lapsed (its worker died or lost the database)
+-- no longer counts; the sweep also deletes such slots, skipping any a
+-- renewal has locked, so it never waits on one.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION shadows.wake_waiters(p_queue text) RETURNS integer
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
-    v_stale text[];
-    v_keys  text[];
+    v_keys text[];
 BEGIN
-    SELECT array_agg(DISTINCT s.limit_key) INTO v_stale FROM shadows.slots s
-    WHERE s.queue = p_queue AND (s.lease_expires_at <= now() OR NOT EXISTS (
-        SELECT 1 FROM shadows.tasks t
-        WHERE t.queue = s.queue AND t.key = s.task_key
-          AND (t.generation > s.generation OR (t.generation = s.generation AND t.state = 'running'))));
+    DELETE FROM shadows.slots s
+    WHERE s.ctid = ANY (ARRAY(
+        SELECT l.ctid FROM shadows.slots l
+        WHERE l.queue = p_queue AND l.lease_expires_at <= now()
+        FOR UPDATE SKIP LOCKED));
     SELECT array_agg(DISTINCT waiting_on) INTO v_keys FROM shadows.tasks
     WHERE queue = p_queue AND state = 'scheduled' AND waiting_on IS NOT NULL;
-    IF v_stale IS NULL AND v_keys IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- Locks first, as everything else that touches slots does.
-    PERFORM shadows.lock_keys(p_queue, coalesce(v_stale, '{}') || coalesce(v_keys, '{}'));
-    IF v_stale IS NOT NULL THEN
-        DELETE FROM shadows.slots s
-        WHERE s.queue = p_queue AND s.limit_key = ANY (v_stale) AND (s.lease_expires_at <= now() OR NOT EXISTS (
-            SELECT 1 FROM shadows.tasks t
-            WHERE t.queue = s.queue AND t.key = s.task_key
-              AND (t.generation > s.generation OR (t.generation = s.generation AND t.state = 'running'))));
-    END IF;
     IF v_keys IS NULL THEN
         RETURN 0;
     END IF;
+    PERFORM shadows.lock_keys(p_queue, v_keys);
     RETURN shadows.wake_keys(p_queue, v_keys);
 END
 $$;
@@ -391,9 +387,9 @@ SELECT count(pg_advisory_xact_lock(hashtextextended(p_queue || '/' || k, 0)))
 FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k ORDER BY 1) AS keys;
 $$;
 -- +goose StatementEnd
-DROP FUNCTION shadows.renew_slots(text, text[], bigint[], text[], float8);
-DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[], boolean[], float8);
-DROP FUNCTION shadows.release_slots(text, text[], bigint[], text[]);
+DROP FUNCTION shadows.renew_slots(text, text[], bigint[], float8);
+DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], bigint[], text[], integer[], float8);
+DROP FUNCTION shadows.release_slots(text, text[], bigint[]);
 -- +goose StatementBegin
 CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generations bigint[])
 RETURNS integer
@@ -638,9 +634,10 @@ GROUP BY s.queue, s.limit_key;
 DELETE FROM shadows.slots s WHERE EXISTS (
     SELECT 1 FROM shadows.slots n
     WHERE n.queue = s.queue AND n.limit_key = s.limit_key AND n.task_key = s.task_key
-      AND n.generation > s.generation);
+      AND (n.generation, n.run_id) > (s.generation, s.run_id));
 CREATE INDEX slots_holder ON shadows.slots (queue, task_key);
 ALTER TABLE shadows.slots
     DROP CONSTRAINT slots_pkey,
     ADD PRIMARY KEY (queue, limit_key, task_key),
-    DROP COLUMN lease_expires_at;
+    DROP COLUMN lease_expires_at,
+    DROP COLUMN run_id;

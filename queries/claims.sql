@@ -247,8 +247,8 @@ WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bi
 -- name: AcquireSlots :many
 -- Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
-FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[],
-                           @limit_keys::text[], @maxes::int[], @redelivered::bool[], @lease_seconds::float8);
+FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[], @run_ids::bigint[],
+                           @limit_keys::text[], @maxes::int[], @lease_seconds::float8);
 
 -- name: RenewSlots :exec
 -- Extends the leases of the concurrency slots held by this worker's runs
@@ -256,12 +256,11 @@ FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[],
 -- they ran: their slots count until their handlers return. Its own
 -- statement, holding no task row locks, so it never waits in a cycle with
 -- acquire_slots.
-SELECT shadows.renew_slots(@queue::text, @tasks::text[], @generations::bigint[], @limit_keys::text[],
-                           @lease_seconds::float8);
+SELECT shadows.renew_slots(@queue::text, @limit_keys::text[], @run_ids::bigint[], @lease_seconds::float8);
 
 -- name: ReleaseSlots :one
 -- Concurrency limits: see shadows.release_slots. One row per slot.
-SELECT shadows.release_slots(@queue::text, @tasks::text[], @generations::bigint[], @limit_keys::text[])::int AS woken;
+SELECT shadows.release_slots(@queue::text, @limit_keys::text[], @run_ids::bigint[])::int AS woken;
 
 -- name: WakeWaiters :one
 SELECT shadows.wake_waiters(@queue::text)::int AS woken;

@@ -412,9 +412,9 @@ func (q *Queue) copyMany(ctx context.Context, tx pgx.Tx, stored []*Execution) (c
 
 // Cancel stops the task with key. A task that has not started never will. A
 // running task's context is cancelled, and as docket does, its record reads
-// cancelled at once and the key can be added again (unless the run holds
-// concurrency slots: then the key frees when its handler returns); the
-// worker then records how the handler really ended (cancelled, or as it
+// cancelled at once and the key can be added again (the run's concurrency
+// slots stay held until its handler returns, so a new run of the key may
+// wait for them); the worker then records how the handler really ended (cancelled, or as it
 // ended if it ignored the cancellation), unless the key was added again
 // meanwhile. Cancelling an unknown or finished key does nothing, so Cancel
 // is idempotent.

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -115,17 +116,31 @@ func (s *inflightSet) snapshot() (keys []string, generations []int64, deliveries
 	return keys, generations, deliveries
 }
 
-// heldSlots lists the concurrency slots held by runs in flight, one entry
-// per slot, for the worker to renew their leases with the task leases.
+// heldSlots lists the concurrency slots held by runs in flight, for the
+// worker to renew their leases with the task leases, sorted so that every
+// renewal locks them in the same order.
 func (s *inflightSet) heldSlots() (p db.RenewSlotsParams) {
+	type held struct {
+		key string
+		run int64
+	}
+	var all []held
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	for k, f := range s.m {
+	for _, f := range s.m {
 		for _, slot := range f.x.slots {
-			p.Tasks = append(p.Tasks, k.key)
-			p.Generations = append(p.Generations, k.generation)
-			p.LimitKeys = append(p.LimitKeys, slot.key)
+			all = append(all, held{slot.key, f.x.runID})
 		}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(all, func(a, b held) int {
+		if c := strings.Compare(a.key, b.key); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.run, b.run)
+	})
+	for _, h := range all {
+		p.LimitKeys = append(p.LimitKeys, h.key)
+		p.RunIds = append(p.RunIds, h.run)
 	}
 	return p
 }
@@ -142,7 +157,8 @@ const (
 type outcome struct {
 	key        inflightKey
 	deliveries int32
-	slots      []slotRequest // concurrency slots to release
+	slots      []slotRequest // concurrency slots to release, held under runID
+	runID      int64
 	state      string
 	err        string
 	result     json.RawMessage
@@ -164,7 +180,7 @@ func (w *Worker) execute(f *inflight) {
 	if w.logger.Enabled(f.ctx, slog.LevelError) {
 		x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
 	}
-	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries, slots: x.slots}
+	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries, slots: x.slots, runID: x.runID}
 	policy := reg.policy
 
 	if w.atMost != nil && w.exceedsAtMost(x.Key) {

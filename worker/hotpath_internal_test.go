@@ -90,12 +90,17 @@ func benchmarkHotPath(b *testing.B, logger *slog.Logger) {
 		if len(out) != n {
 			b.Fatalf("%d outcomes for %d runs", len(out), n)
 		}
-		slices.SortFunc(out, func(a, b outcome) int { return strings.Compare(a.key.key, b.key.key) })
+		order := make([]int, n)
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortFunc(order, func(a, b int) int { return strings.Compare(out[a].key.key, out[b].key.key) })
 		if !plainSuccesses(out) {
 			b.Fatal("a no-op run did not succeed plainly")
 		}
 		p := db.CompleteTasksParams{Keys: make([]string, n), Generations: make([]int64, n), Deliveries: make([]int32, n)}
-		for i, o := range out {
+		for i, j := range order {
+			o := &out[j]
 			p.Keys[i], p.Generations[i], p.Deliveries[i] = o.key.key, o.key.generation, o.deliveries
 			w.inflight.remove(o.key)
 		}

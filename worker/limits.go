@@ -54,6 +54,12 @@ func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage) ([]
 		if err != nil {
 			return nil, err
 		}
+		// Two limits naming the same key (the same argument and scope)
+		// are one slot, under the smaller maximum.
+		if i := slices.IndexFunc(out, func(s slotRequest) bool { return s.key == key }); i >= 0 {
+			out[i].max = min(out[i].max, l.Max)
+			continue
+		}
 		out = append(out, slotRequest{key: key, max: l.Max})
 	}
 	return out, nil

@@ -306,73 +306,132 @@ func TestInvalidConcurrencyLimits(t *testing.T) {
 	require.ErrorContains(t, err, `the arguments have no such field (they have db)`)
 }
 
-// A run superseded by a replace while it was being claimed (its worker asks
-// for slots with the old generation) must neither park the run that
-// replaced it nor take over that run's slot: it gets a slot of its own,
-// which counts against the limit like any other. The race is staged
-// directly against shadows.acquire_slots.
-func TestSupersededRunLeavesItsReplacementAlone(t *testing.T) {
+// Slots are held per run, not per task key and generation: a key's
+// generation starts again at 1 once its record is deleted, so an old run
+// that is still going and the key's new run can share both. Each holds a
+// slot of its own, and the old run's release leaves the new one's alone.
+// A run superseded by a replace while it was being claimed likewise gets a
+// slot of its own, and if it is blocked it parks nothing: the row belongs
+// to the run that replaced it. Staged directly against the SQL functions.
+func TestSlotsAreHeldPerRun(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := t.Context()
-	exec := func(sql string, args ...any) {
-		t.Helper()
-		_, err := b.pool.Exec(ctx, sql, args...)
-		require.NoError(t, err)
-	}
-	running := func(key string) {
-		exec(`UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1,
-			lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = $2`, b.q.Name(), key)
-	}
-	acquire := func(key string, generation int64, limitKey string, max int) []string {
+	acquire := func(key string, generation, run int64, limitKey string, max int) []string {
 		t.Helper()
 		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 3600)`,
-			b.q.Name(), []string{key}, []int64{generation}, []string{limitKey}, []int32{int32(max)}, []bool{false})
+			b.q.Name(), []string{key}, []int64{generation}, []int64{run}, []string{limitKey}, []int32{int32(max)})
 		require.NoError(t, err)
 		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)
 		return parked
 	}
+	held := func(limitKey string) int {
+		t.Helper()
+		var n int
+		err := b.pool.QueryRow(ctx, `SELECT running FROM shadows.concurrency WHERE queue = $1 AND limit_key = $2`,
+			b.q.Name(), limitKey).Scan(&n)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return 0
+		}
+		require.NoError(t, err)
+		return n
+	}
+	release := func(limitKey string, run int64) {
+		t.Helper()
+		_, err := b.pool.Exec(ctx, `SELECT shadows.release_slots($1, $2, $3)`, b.q.Name(), []string{limitKey}, []int64{run})
+		require.NoError(t, err)
+	}
 
-	// "k" was claimed at generation 1, then replaced (generation 2), and
-	// generation 2 was claimed by another worker and holds slot "free".
+	// Two runs of "k" at generation 1 (an old one still going, and the
+	// one after its record was deleted and the key added again).
+	require.Empty(t, acquire("k", 1, 101, "shared", 2))
+	require.Empty(t, acquire("k", 1, 102, "shared", 2))
+	require.Equal(t, 2, held("shared"))
+	release("shared", 101)
+	require.Equal(t, 1, held("shared"), "the old run's release left the new run's slot")
+	release("shared", 102)
+	require.Zero(t, held("shared"))
+
+	// "k" was claimed at generation 1, then replaced: generation 2 runs
+	// and holds a slot of "full", at most 1.
 	_, err := b.q.Add(ctx, Backup{DB: "a"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
 	_, err = b.q.Replace(ctx, Backup{DB: "b"}, queue.AddOpts{Key: "k", When: time.Now()})
 	require.NoError(t, err)
-	running("k")
-	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
-		VALUES ($1, 'free', 'k', 2, 5, now() + interval '1 hour')`, b.q.Name())
-	// "full" is held by another running task, at most 1.
-	_, err = b.q.Add(ctx, Backup{DB: "c"}, &queue.AddOpts{Key: "holder"})
+	_, err = b.pool.Exec(ctx, `UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1,
+		lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = 'k'`, b.q.Name())
 	require.NoError(t, err)
-	running("holder")
-	exec(`INSERT INTO shadows.slots (queue, limit_key, task_key, generation, max_slots, lease_expires_at)
-		VALUES ($1, 'full', 'holder', 1, 1, now() + interval '1 hour')`, b.q.Name())
-
-	// Generation 1 finds "full" full: it is parked (its worker drops it),
-	// but generation 2's row stays running.
-	require.Equal(t, []string{"k"}, acquire("k", 1, "full", 1))
+	require.Empty(t, acquire("k", 2, 202, "full", 1))
+	// Generation 1 finds "full" full: it is returned as parked (its worker
+	// drops it), but generation 2's row stays running.
+	require.Equal(t, []string{"k"}, acquire("k", 1, 201, "full", 1))
 	var state string
 	var waiting *string
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT state::text, waiting_on FROM shadows.tasks WHERE queue = $1 AND key = 'k'`,
 		b.q.Name()).Scan(&state, &waiting))
 	require.Equal(t, "running", state)
 	require.Nil(t, waiting)
+	require.Equal(t, 1, held("full"))
+	// With room, generation 1 gets a slot of its own beside generation 2's.
+	require.Empty(t, acquire("k", 1, 201, "roomy", 5))
+	require.Empty(t, acquire("k", 2, 202, "roomy", 5))
+	require.Equal(t, 2, held("roomy"))
+}
 
-	// Generation 1 asking for "free" gets a slot of its own and leaves
-	// generation 2's alone: both count.
-	require.Empty(t, acquire("k", 1, "free", 5))
-	rows, err := b.pool.Query(ctx, `SELECT generation FROM shadows.slots WHERE queue = $1 AND limit_key = 'free' AND task_key = 'k' ORDER BY 1`,
-		b.q.Name())
+// A run that outlives its task's record keeps its slot: here the old run
+// of "k" ignores a cancel, the key's next copy parks behind it and is
+// cancelled too, and its record is deleted. The sweep that frees slots of
+// dead workers must not free the old run's, so "other" keeps waiting.
+func TestRunOutlivingItsRecordKeepsItsSlot(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.Queue.ExecutionTTL = queue.NoExecutionTTL
+	q, err := queue.New(b.pool, b.cfg.Queue)
 	require.NoError(t, err)
-	generations, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	b.q = q
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	started := make(chan string, 10)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		started <- task.Key
+		if task.Key == "k" {
+			<-release // ignores the cancel
+		}
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	b.start(t)
+	t.Cleanup(unblock)
+	ctx := t.Context()
+	waits := func(key string) {
+		t.Helper()
+		eventually(t, key+" parks", func() bool {
+			ex, err := b.q.Execution(ctx, key)
+			return err == nil && ex.WaitingOn != "" || len(started) > 0
+		})
+		require.Empty(t, started, "%s must wait for the old run of k", key)
+	}
+
+	_, err = b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
-	require.Equal(t, []int64{1, 2}, generations)
-	var holders int
-	require.NoError(t, b.pool.QueryRow(ctx, `SELECT running FROM shadows.concurrency WHERE queue = $1 AND limit_key = 'free'`,
-		b.q.Name()).Scan(&holders))
-	require.Equal(t, 2, holders)
+	require.Equal(t, "k", <-started)
+	require.NoError(t, b.q.Cancel(ctx, "k"))
+	_, err = b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	waits("k")
+	require.NoError(t, b.q.Cancel(ctx, "k"))
+	_, err = b.pool.Exec(ctx, `DELETE FROM shadows.tasks WHERE queue = $1 AND key = 'k'`, b.q.Name())
+	require.NoError(t, err)
+	_, err = b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "other"})
+	require.NoError(t, err)
+	waits("other")
+	var woken int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT shadows.wake_waiters($1)`, b.q.Name()).Scan(&woken))
+	require.Zero(t, woken, "the sweep freed the old run's slot")
+
+	unblock()
+	require.Equal(t, "other", <-started, "the old run's slot freed when it returned")
 }
 
 // A replaced run that is still running keeps its slot until its handler
@@ -485,13 +544,12 @@ func TestSlotWorkOnManyKeysAtOnce(t *testing.T) {
 	b := setup(t)
 	ctx := t.Context()
 	const n = 20000
-	tasks, gens, keys, maxes := make([]string, n), make([]int64, n), make([]string, n), make([]int32, n)
-	redelivered := make([]bool, n)
+	tasks, gens, runs, keys, maxes := make([]string, n), make([]int64, n), make([]int64, n), make([]string, n), make([]int32, n)
 	for i := range n {
-		tasks[i], gens[i], keys[i], maxes[i] = fmt.Sprint("t", i), 1, fmt.Sprint("k", i), 1
+		tasks[i], gens[i], runs[i], keys[i], maxes[i] = fmt.Sprint("t", i), 1, int64(i+1), fmt.Sprint("k", i), 1
 	}
 	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 60)`,
-		b.q.Name(), tasks, gens, keys, maxes, redelivered)
+		b.q.Name(), tasks, gens, runs, keys, maxes)
 	require.NoError(t, err)
 	parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
@@ -499,7 +557,7 @@ func TestSlotWorkOnManyKeysAtOnce(t *testing.T) {
 	var held int
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.concurrency WHERE queue = $1`, b.q.Name()).Scan(&held))
 	require.Equal(t, n, held)
-	_, err = b.pool.Exec(ctx, `SELECT shadows.release_slots($1, $2, $3, $4)`, b.q.Name(), tasks, gens, keys)
+	_, err = b.pool.Exec(ctx, `SELECT shadows.release_slots($1, $2, $3)`, b.q.Name(), keys, runs)
 	require.NoError(t, err)
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&held))
 	require.Zero(t, held)

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -195,13 +197,13 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 			x.preErr = err
 			continue
 		}
-		x.slots = slots
+		x.slots, x.runID = slots, newRunID()
 		for _, s := range slots {
 			p.Tasks = append(p.Tasks, x.Key)
 			p.Generations = append(p.Generations, x.generation)
+			p.RunIds = append(p.RunIds, x.runID)
 			p.LimitKeys = append(p.LimitKeys, s.key)
 			p.Maxes = append(p.Maxes, int32(s.max))
-			p.Redelivered = append(p.Redelivered, x.Redelivered)
 		}
 	}
 	if len(p.Tasks) == 0 {
@@ -231,6 +233,13 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 		return ok
 	})
 }
+
+// newRunID draws the id a run's concurrency slots are held under: positive
+// and random, so two runs never share one in practice (a collision is as
+// likely as two equal random 63-bit numbers among the runs holding slots
+// of one key at once). Task keys and generations are no such names: a
+// task whose record was deleted starts again at generation 1.
+func newRunID() int64 { return rand.Int64N(math.MaxInt64) + 1 }
 
 // logStruck reports a due task that a strike cancelled or set aside.
 func (w *Worker) logStruck(ctx context.Context, r db.ClaimDueRow) {

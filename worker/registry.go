@@ -83,9 +83,11 @@ type execution struct {
 	w            *Worker
 	timeout      *Timeout
 	perpetual    *perpetualState
-	// slots are the concurrency slots the run holds; preErr fails the run
-	// before its handler is called.
+	// slots are the concurrency slots the run holds, under runID, drawn at
+	// random when it asks for them (a redelivery is a new run); preErr
+	// fails the run before its handler is called.
 	slots  []slotRequest
+	runID  int64
 	preErr error
 	// reg is the task's registration, looked up once when it is started
 	// (nil: no handler knows the name). decoded and decodeErr are its

@@ -108,7 +108,6 @@ func (f *finisher) flush(ctx context.Context) bool {
 		// (a graceful stop) waits for the slots to be released before
 		// the services' context is cancelled.
 		f.failures = 0
-		f.releaseSlots(ctx, batch)
 		for _, o := range batch {
 			f.w.inflight.remove(o.key)
 		}
@@ -132,45 +131,6 @@ func (f *finisher) flush(ctx context.Context) bool {
 	}
 	signal(f.w.slotFreed) // a backlogged claim loop may go on
 	return true
-}
-
-// releaseSlots frees the concurrency slots of the batch's tasks and wakes
-// their waiters. A slot counts until released or until its lease lapses, so
-// a failed release is retried (serialised with lease renewal, which locks
-// the same slots) until it succeeds or a redelivery timeout has passed, by
-// when the lease has lapsed anyway.
-func (f *finisher) releaseSlots(ctx context.Context, batch []outcome) {
-	var p db.ReleaseSlotsParams
-	for _, o := range batch {
-		for _, slot := range o.slots {
-			p.Tasks = append(p.Tasks, o.key.key)
-			p.Generations = append(p.Generations, o.key.generation)
-			p.LimitKeys = append(p.LimitKeys, slot.key)
-		}
-	}
-	if len(p.Tasks) == 0 {
-		return
-	}
-	p.Queue = f.w.q.Name()
-	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout)
-	defer cancel()
-	for failures := 0; ; failures++ {
-		f.flushMu.Lock()
-		_, err := f.w.queries.ReleaseSlots(ctx, f.w.pool, p)
-		f.flushMu.Unlock()
-		if err == nil {
-			return
-		}
-		if ctx.Err() != nil {
-			f.w.logger.Warn("could not release concurrency slots; they free when their leases lapse", "error", err, "tasks", len(p.Tasks))
-			return
-		}
-		f.w.logger.Warn("releasing concurrency slots failed; retrying", "error", err, "tasks", len(p.Tasks))
-		if !sleep(ctx, f.w.backoff(failures)) {
-			f.w.logger.Warn("could not release concurrency slots; they free when their leases lapse", "tasks", len(p.Tasks))
-			return
-		}
-	}
 }
 
 func (f *finisher) write(ctx context.Context, batch []outcome) error {
@@ -206,24 +166,49 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 		p.NextRunAts[i], p.NextArgs[i], p.NextAttempts[i] = o.nextAt, string(o.nextArgs), int32(o.nextAttempt)
 		p.Deliveries[i] = o.deliveries
 	}
-	return f.record(ctx, n, func(ctx context.Context) (int64, error) {
-		row, err := f.w.queries.FinishTasks(ctx, f.w.pool, p)
+	return f.record(ctx, batch, func(ctx context.Context, tx db.DBTX) (int64, error) {
+		row, err := f.w.queries.FinishTasks(ctx, tx, p)
 		return row.N, err
 	})
 }
 
-// record runs one outcome statement for n outcomes, serialised with lease
+// record runs one outcome statement for a batch, serialised with lease
 // renewal (which locks the same rows), and counts the outcomes it did not
 // record: runs whose task was replaced, or whose lease was taken over,
-// meanwhile.
-func (f *finisher) record(ctx context.Context, n int, run func(context.Context) (int64, error)) error {
+// meanwhile. When runs of the batch hold concurrency slots, the slots are
+// released in the same transaction, first (their advisory locks come
+// before any task row lock, as in acquire_slots): a slot never outlives
+// the record of its run's end, and a rescheduled run never finds its
+// predecessor's slot still held.
+func (f *finisher) record(ctx context.Context, batch []outcome, run func(context.Context, db.DBTX) (int64, error)) error {
 	f.flushMu.Lock()
 	defer f.flushMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout/4)
 	defer cancel()
-	recorded, err := run(ctx)
-	if err == nil && recorded < int64(n) {
-		f.w.tel.Superseded.Add(ctx, int64(n)-recorded, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
+	var release db.ReleaseSlotsParams
+	for _, o := range batch {
+		for _, slot := range o.slots {
+			release.LimitKeys = append(release.LimitKeys, slot.key)
+			release.RunIds = append(release.RunIds, o.runID)
+		}
+	}
+	var recorded int64
+	var err error
+	if len(release.LimitKeys) == 0 {
+		recorded, err = run(ctx, f.w.pool)
+	} else {
+		release.Queue = f.w.q.Name()
+		err = pgx.BeginFunc(ctx, f.w.pool, func(tx pgx.Tx) error {
+			if _, err := f.w.queries.ReleaseSlots(ctx, tx, release); err != nil {
+				return err
+			}
+			var err error
+			recorded, err = run(ctx, tx)
+			return err
+		})
+	}
+	if err == nil && recorded < int64(len(batch)) {
+		f.w.tel.Superseded.Add(ctx, int64(len(batch))-recorded, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
 	}
 	return err
 }
@@ -253,8 +238,8 @@ func (f *finisher) complete(ctx context.Context, batch []outcome, order []int) e
 		o := &batch[j]
 		p.Keys[i], p.Generations[i], p.Deliveries[i] = o.key.key, o.key.generation, o.deliveries
 	}
-	return f.record(ctx, n, func(ctx context.Context) (int64, error) {
-		row, err := f.w.queries.CompleteTasks(ctx, f.w.pool, p)
+	return f.record(ctx, batch, func(ctx context.Context, tx db.DBTX) (int64, error) {
+		row, err := f.w.queries.CompleteTasks(ctx, tx, p)
 		return row.N, err
 	})
 }
@@ -369,7 +354,7 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	for _, r := range cancelled {
 		w.inflight.cancelRun(r.Key, r.Generation)
 	}
-	if held := w.inflight.heldSlots(); len(held.Tasks) > 0 {
+	if held := w.inflight.heldSlots(); len(held.LimitKeys) > 0 {
 		// Every holder, replaced or not: its slots count while it runs.
 		held.Queue, held.LeaseSeconds = w.q.Name(), w.leaseSeconds()
 		return w.queries.RenewSlots(ctx, w.pool, held)
