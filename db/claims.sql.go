@@ -600,8 +600,8 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 	return items, nil
 }
 
-const renewSlots = `-- name: RenewSlots :exec
-SELECT shadows.renew_slots($1::text, $2::text[], $3::bigint[], $4::float8)
+const renewSlots = `-- name: RenewSlots :one
+SELECT shadows.renew_slots($1::text, $2::text[], $3::bigint[], $4::float8)::int AS lost
 `
 
 type RenewSlotsParams struct {
@@ -613,17 +613,19 @@ type RenewSlotsParams struct {
 
 // Extends the leases of the concurrency slots held by this worker's runs
 // in flight, including runs whose task was replaced or cancelled while
-// they ran: their slots count until their handlers return. Its own
-// statement, holding no task row locks, so it never waits in a cycle with
-// acquire_slots.
-func (q *Queries) RenewSlots(ctx context.Context, db DBTX, arg RenewSlotsParams) error {
-	_, err := db.Exec(ctx, renewSlots,
+// they ran: their slots count until their handlers return. Returns how
+// many were gone (lapsed and swept). Its own statement, holding no task
+// row locks, so it never waits in a cycle with acquire_slots.
+func (q *Queries) RenewSlots(ctx context.Context, db DBTX, arg RenewSlotsParams) (int32, error) {
+	row := db.QueryRow(ctx, renewSlots,
 		arg.Queue,
 		arg.LimitKeys,
 		arg.RunIds,
 		arg.LeaseSeconds,
 	)
-	return err
+	var lost int32
+	err := row.Scan(&lost)
+	return lost, err
 }
 
 const setProgress = `-- name: SetProgress :exec

@@ -252,14 +252,25 @@ BEGIN
     ON CONFLICT (queue, limit_key, run_id) DO NOTHING;
 
     IF array_length(p_t, 1) > 0 THEN
+        -- Rows are locked in key order first, as lease renewals and
+        -- outcome batches lock them, so those never wait in a cycle with
+        -- this update.
+        PERFORM 1 FROM shadows.tasks t
+        WHERE t.queue = p_queue AND t.key = ANY (p_t)
+        ORDER BY t.key
+        FOR UPDATE;
         UPDATE shadows.tasks t
         SET state = 'scheduled', waiting_on = u.k, waiting_max = u.m,
             worker = NULL, started_at = NULL, lease_expires_at = NULL,
             deliveries = greatest(t.deliveries - 1, 0)
         FROM unnest(p_t, p_k, p_m, p_g) AS u(t, k, m, g)
         -- Only the claimed generation: a superseded run parks nothing (its
-        -- worker drops it), and never the run that replaced it.
-        WHERE t.queue = p_queue AND t.key = u.t AND t.generation = u.g AND t.state = 'running';
+        -- worker drops it), and never the run that replaced it. A run
+        -- cancelled since its claim is not parked either (parked, it would
+        -- be woken and run): its worker drops it, and it ends cancelled
+        -- when its lease lapses.
+        WHERE t.queue = p_queue AND t.key = u.t AND t.generation = u.g AND t.state = 'running'
+          AND NOT t.cancel_requested;
     END IF;
 
     -- Tasks parked behind older waiters while slots were free: wake those
@@ -310,48 +321,63 @@ $$;
 -- +goose StatementEnd
 
 -- Extends the leases of slots held by runs in flight (slot i is p_keys[i]
--- of run p_runs[i]) to p_lease_seconds from now. Callers sort the slots by
--- key and run, so two renewals lock them in the same order.
+-- of run p_runs[i]) to p_lease_seconds from now, and returns how many of
+-- them it did not find: slots whose lease lapsed (the worker could not
+-- renew them in time) and that a sweep then deleted. Callers sort the
+-- slots by key and run, so two renewals lock them in the same order.
 -- +goose StatementBegin
 CREATE FUNCTION shadows.renew_slots(p_queue text, p_keys text[], p_runs bigint[], p_lease_seconds float8)
-RETURNS void
+RETURNS integer
 LANGUAGE sql SET enable_seqscan = off AS $$
-UPDATE shadows.slots s
-SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
-WHERE s.ctid = ANY (ARRAY(
-    SELECT x.tid FROM unnest(p_keys, p_runs) WITH ORDINALITY AS u(k, r, i)
-    CROSS JOIN LATERAL (
-        SELECT h.ctid AS tid FROM shadows.slots h
-        WHERE h.queue = p_queue AND h.limit_key = u.k AND h.run_id = u.r
-        LIMIT 1 -- a fence: looked up one by one, by the primary key
-        FOR UPDATE
-    ) AS x
-    ORDER BY u.i));
+WITH renewed AS (
+    UPDATE shadows.slots s
+    SET lease_expires_at = now() + make_interval(secs => p_lease_seconds)
+    WHERE s.ctid = ANY (ARRAY(
+        SELECT x.tid FROM unnest(p_keys, p_runs) WITH ORDINALITY AS u(k, r, i)
+        CROSS JOIN LATERAL (
+            SELECT h.ctid AS tid FROM shadows.slots h
+            WHERE h.queue = p_queue AND h.limit_key = u.k AND h.run_id = u.r
+            LIMIT 1 -- a fence: looked up one by one, by the primary key
+            FOR UPDATE
+        ) AS x
+        ORDER BY u.i))
+    RETURNING 1
+)
+SELECT (cardinality(p_keys) - (SELECT count(*) FROM renewed))::integer;
 $$;
 -- +goose StatementEnd
 
 -- The backstop for waiters whose slots freed without a release, run by
 -- every worker's sweep: wakes what capacity allows on every key with
 -- waiters. A slot whose lease lapsed (its worker died or lost the database)
--- no longer counts; the sweep also deletes such slots, skipping any a
--- renewal has locked, so it never waits on one.
+-- no longer counts; the sweep also deletes such slots. Keys are locked
+-- before slot rows, as everywhere else, and slots a renewal holds are
+-- skipped, so the sweep never waits in a cycle.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION shadows.wake_waiters(p_queue text) RETURNS integer
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
-    v_keys text[];
+    v_lapsed text[];
+    v_keys   text[];
 BEGIN
-    DELETE FROM shadows.slots s
-    WHERE s.ctid = ANY (ARRAY(
-        SELECT l.ctid FROM shadows.slots l
-        WHERE l.queue = p_queue AND l.lease_expires_at <= now()
-        FOR UPDATE SKIP LOCKED));
+    SELECT array_agg(DISTINCT l.limit_key) INTO v_lapsed FROM shadows.slots l
+    WHERE l.queue = p_queue AND l.lease_expires_at <= now();
     SELECT array_agg(DISTINCT waiting_on) INTO v_keys FROM shadows.tasks
     WHERE queue = p_queue AND state = 'scheduled' AND waiting_on IS NOT NULL;
+    IF v_lapsed IS NULL AND v_keys IS NULL THEN
+        RETURN 0;
+    END IF;
+    PERFORM shadows.lock_keys(p_queue, coalesce(v_lapsed, '{}') || coalesce(v_keys, '{}'));
+    IF v_lapsed IS NOT NULL THEN
+        DELETE FROM shadows.slots s
+        WHERE s.ctid = ANY (ARRAY(
+            SELECT l.ctid FROM shadows.slots l
+            WHERE l.queue = p_queue AND l.limit_key = ANY (v_lapsed) AND l.lease_expires_at <= now()
+            FOR UPDATE SKIP LOCKED));
+    END IF;
     IF v_keys IS NULL THEN
         RETURN 0;
     END IF;
-    PERFORM shadows.lock_keys(p_queue, v_keys);
     RETURN shadows.wake_keys(p_queue, v_keys);
 END
 $$;

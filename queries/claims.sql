@@ -250,13 +250,13 @@ SELECT parked_key::text AS key, parked_on::text AS waiting_on
 FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[], @run_ids::bigint[],
                            @limit_keys::text[], @maxes::int[], @lease_seconds::float8);
 
--- name: RenewSlots :exec
+-- name: RenewSlots :one
 -- Extends the leases of the concurrency slots held by this worker's runs
 -- in flight, including runs whose task was replaced or cancelled while
--- they ran: their slots count until their handlers return. Its own
--- statement, holding no task row locks, so it never waits in a cycle with
--- acquire_slots.
-SELECT shadows.renew_slots(@queue::text, @limit_keys::text[], @run_ids::bigint[], @lease_seconds::float8);
+-- they ran: their slots count until their handlers return. Returns how
+-- many were gone (lapsed and swept). Its own statement, holding no task
+-- row locks, so it never waits in a cycle with acquire_slots.
+SELECT shadows.renew_slots(@queue::text, @limit_keys::text[], @run_ids::bigint[], @lease_seconds::float8)::int AS lost;
 
 -- name: ReleaseSlots :one
 -- Concurrency limits: see shadows.release_slots. One row per slot.

@@ -562,3 +562,45 @@ func TestSlotWorkOnManyKeysAtOnce(t *testing.T) {
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&held))
 	require.Zero(t, held)
 }
+
+// Two edges of slot bookkeeping, staged against the SQL functions: a run
+// cancelled between its claim and its admission is not parked (parked, it
+// would be woken and run later), and the sweep deletes slots whose lease
+// lapsed and leaves live ones.
+func TestCancelledRunIsNotParkedAndLapsedSlotsAreSwept(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		_, err := b.pool.Exec(ctx, sql, args...)
+		require.NoError(t, err)
+	}
+	_, err := b.q.Add(ctx, Backup{DB: "a"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	exec(`UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1, cancel_requested = true,
+		lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = 'k'`, b.q.Name())
+	exec(`INSERT INTO shadows.slots (queue, limit_key, run_id, task_key, generation, max_slots, lease_expires_at)
+		VALUES ($1, 'full', 1, 'holder', 1, 1, now() + interval '1 hour'),
+		       ($1, 'full', 2, 'gone', 1, 1, now() - interval '1 second')`, b.q.Name())
+	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 60)`,
+		b.q.Name(), []string{"k"}, []int64{1}, []int64{3}, []string{"full"}, []int32{1})
+	require.NoError(t, err)
+	parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	require.NoError(t, err)
+	require.Equal(t, []string{"k"}, parked, "blocked: its worker drops it")
+	var state string
+	var waiting *string
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT state::text, waiting_on FROM shadows.tasks WHERE queue = $1 AND key = 'k'`,
+		b.q.Name()).Scan(&state, &waiting))
+	require.Equal(t, "running", state, "left to end cancelled when its lease lapses")
+	require.Nil(t, waiting)
+
+	_, err = b.pool.Exec(ctx, `SELECT shadows.wake_waiters($1)`, b.q.Name())
+	require.NoError(t, err)
+	rows, err = b.pool.Query(ctx, `SELECT run_id FROM shadows.slots WHERE queue = $1 ORDER BY 1`, b.q.Name())
+	require.NoError(t, err)
+	left, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Equal(t, []int64{1}, left)
+}

@@ -357,7 +357,17 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	if held := w.inflight.heldSlots(); len(held.LimitKeys) > 0 {
 		// Every holder, replaced or not: its slots count while it runs.
 		held.Queue, held.LeaseSeconds = w.q.Name(), w.leaseSeconds()
-		return w.queries.RenewSlots(ctx, w.pool, held)
+		lost, err := w.queries.RenewSlots(ctx, w.pool, held)
+		if err != nil {
+			return err
+		}
+		if lost > 0 {
+			// Their leases lapsed before this renewal (the database was out
+			// of reach for a whole redelivery timeout) and a sweep freed
+			// them: like the task leases, they are past saving.
+			w.logger.Warn("concurrency slots lapsed while their tasks ran; those runs no longer count against their limits",
+				"slots", lost)
+		}
 	}
 	return nil
 }
