@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -54,8 +55,13 @@ func (b *bench) all(ctx context.Context) error {
 		}
 	}
 	// The burn at each candidate concurrency; the fastest serves the
-	// throughput measures that follow.
-	best := o.concurrency[0]
+	// throughput measures that follow. Without the burn, the largest
+	// candidate serves them (it is the fastest on the development machine;
+	// the smallest made a limits-only run look four times slower).
+	best := slices.Max(o.concurrency)
+	if !o.phases["burn"] && len(o.concurrency) > 1 {
+		logf("no burn to pick the fastest concurrency: Concurrency=%d (-concurrency chooses)", best)
+	}
 	if o.phases["burn"] {
 		for i, c := range o.concurrency {
 			label := "burn"
