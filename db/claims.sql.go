@@ -320,27 +320,28 @@ func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParam
 const completeTasks = `-- name: CompleteTasks :one
 WITH ended AS (
     SELECT unnest($2::text[]) AS key, unnest($3::bigint[]) AS generation,
-           unnest($4::int[]) AS deliveries
+           unnest($4::int[]) AS deliveries, unnest($5::timestamptz[]) AS started_at
 ), target AS (
     SELECT t.tid
     FROM ended JOIN LATERAL (
-        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state
         FROM shadows.tasks r
         WHERE r.queue = $1::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
-    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries
+      AND t.started_at = ended.started_at AND t.state = 'running'
 ), updated AS (
     UPDATE shadows.tasks t
     SET state = 'completed', finished_at = now(), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $5::float8),
+        expires_at = now() + make_interval(secs => $6::float8),
         error = NULL, result = NULL
-    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND $5::float8 > 0
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND $6::float8 > 0
     RETURNING 1
 ), deleted AS (
     DELETE FROM shadows.tasks t
-    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND $5::float8 <= 0
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND $6::float8 <= 0
     RETURNING 1
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
@@ -352,6 +353,7 @@ type CompleteTasksParams struct {
 	Keys        []string
 	Generations []int64
 	Deliveries  []int32
+	StartedAts  []time.Time
 	TtlSeconds  float64
 }
 
@@ -369,6 +371,7 @@ func (q *Queries) CompleteTasks(ctx context.Context, db DBTX, arg CompleteTasksP
 		arg.Keys,
 		arg.Generations,
 		arg.Deliveries,
+		arg.StartedAts,
 		arg.TtlSeconds,
 	)
 	var i CompleteTasksRow
@@ -395,19 +398,20 @@ WITH ended AS (
            unnest($4::text[]) AS state, unnest($5::text[]) AS error,
            unnest($6::text[]) AS result, unnest($7::timestamptz[]) AS next_run_at,
            unnest($8::text[]) AS next_args, unnest($9::int[]) AS next_attempt,
-           unnest($10::int[]) AS deliveries
+           unnest($10::int[]) AS deliveries, unnest($11::timestamptz[]) AS started_at
 ), target AS (
     -- Each outcome's row, found by primary key and locked (in the order
     -- given: the caller sorts by key), if it is still the run that ended.
-    SELECT ended.key, ended.generation, ended.state, ended.error, ended.result, ended.next_run_at, ended.next_args, ended.next_attempt, ended.deliveries, t.tid, t.cancel_requested
+    SELECT ended.key, ended.generation, ended.state, ended.error, ended.result, ended.next_run_at, ended.next_args, ended.next_attempt, ended.deliveries, ended.started_at, t.tid, t.cancel_requested
     FROM ended JOIN LATERAL (
-        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state, r.cancel_requested
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = $1::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
-    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries
+      AND t.started_at = ended.started_at AND t.state = 'running'
 ), rescheduled AS (
     UPDATE shadows.tasks t
     SET state = 'scheduled', run_at = target.next_run_at,
@@ -423,17 +427,17 @@ WITH ended AS (
     SET state = CASE WHEN target.state <> 'scheduled' THEN target.state
                      WHEN target.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
         finished_at = now(), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $11::float8),
+        expires_at = now() + make_interval(secs => $12::float8),
         error = nullif(target.error, ''), result = nullif(target.result, '')::jsonb
     FROM target
     WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
-      AND $11::float8 > 0
+      AND $12::float8 > 0
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING target
     WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
-      AND $11::float8 <= 0
+      AND $12::float8 <= 0
     RETURNING t.key
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
@@ -455,6 +459,7 @@ type FinishTasksParams struct {
 	NextArgs     []string
 	NextAttempts []int32
 	Deliveries   []int32
+	StartedAts   []time.Time
 	TtlSeconds   float64
 }
 
@@ -472,9 +477,11 @@ type FinishTasksRow struct {
 //     generation — so the end of one run and the birth of the next are one
 //     atomic row update, and a crash can neither lose nor double the chain.
 //
-// Each outcome is guarded by the generation and delivery its worker claimed:
-// the late outcome of a run whose lease lapsed cannot end the delivery that
-// replaced it. A run that was asked to cancel is never rescheduled: it ends completed if
+// Each outcome is guarded by the generation, delivery and start time its
+// worker claimed: the late outcome of a run whose lease lapsed cannot end
+// the delivery that replaced it, nor can an old run end a new run that has
+// its key and generation (a key's generation starts again at 1 when its
+// record is gone, so an old run that outlived the record can share both). A run that was asked to cancel is never rescheduled: it ends completed if
 // its handler succeeded and cancelled otherwise. A row whose generation
 // moved on was replaced or re-added while it ran: it is left alone
 // (superseded). Notifications wake result waiters and, when a
@@ -491,6 +498,7 @@ func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParam
 		arg.NextArgs,
 		arg.NextAttempts,
 		arg.Deliveries,
+		arg.StartedAts,
 		arg.TtlSeconds,
 	)
 	var i FinishTasksRow
@@ -537,19 +545,20 @@ const renewLeases = `-- name: RenewLeases :many
 WITH mine AS (
     SELECT t.ctid AS tid, t.key, t.generation, t.cancel_requested
     FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
-                 unnest($3::int[]) AS deliveries) AS u
+                 unnest($3::int[]) AS deliveries, unnest($4::timestamptz[]) AS started_at) AS u
     JOIN LATERAL (
-        SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.state, r.worker, r.cancel_requested
+        SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.started_at, r.state, r.worker,
+            r.cancel_requested
         FROM shadows.tasks r
-        WHERE r.queue = $4::text AND r.key = u.key
+        WHERE r.queue = $5::text AND r.key = u.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
-    WHERE t.generation = u.generation AND t.deliveries = u.deliveries
-      AND t.state = 'running' AND t.worker = $5::text
+    WHERE t.generation = u.generation AND t.deliveries = u.deliveries AND t.started_at = u.started_at
+      AND t.state = 'running' AND t.worker = $6::text
 ), renewed AS (
     UPDATE shadows.tasks t
-    SET lease_expires_at = now() + make_interval(secs => $6::float8)
+    SET lease_expires_at = now() + make_interval(secs => $7::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
 SELECT key, generation FROM mine WHERE cancel_requested
@@ -559,6 +568,7 @@ type RenewLeasesParams struct {
 	Keys         []string
 	Generations  []int64
 	Deliveries   []int32
+	StartedAts   []time.Time
 	Queue        string
 	Worker       string
 	LeaseSeconds float64
@@ -578,6 +588,7 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 		arg.Keys,
 		arg.Generations,
 		arg.Deliveries,
+		arg.StartedAts,
 		arg.Queue,
 		arg.Worker,
 		arg.LeaseSeconds,

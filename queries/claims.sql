@@ -111,15 +111,16 @@ LIMIT 1;
 WITH mine AS (
     SELECT t.ctid AS tid, t.key, t.generation, t.cancel_requested
     FROM (SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
-                 unnest(@deliveries::int[]) AS deliveries) AS u
+                 unnest(@deliveries::int[]) AS deliveries, unnest(@started_ats::timestamptz[]) AS started_at) AS u
     JOIN LATERAL (
-        SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.state, r.worker, r.cancel_requested
+        SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.started_at, r.state, r.worker,
+            r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = @queue::text AND r.key = u.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
-    WHERE t.generation = u.generation AND t.deliveries = u.deliveries
+    WHERE t.generation = u.generation AND t.deliveries = u.deliveries AND t.started_at = u.started_at
       AND t.state = 'running' AND t.worker = @worker::text
 ), renewed AS (
     UPDATE shadows.tasks t
@@ -136,9 +137,11 @@ SELECT key, generation FROM mine WHERE cancel_requested;
 --     becomes the next run — new time, arguments and attempt, next
 --     generation — so the end of one run and the birth of the next are one
 --     atomic row update, and a crash can neither lose nor double the chain.
--- Each outcome is guarded by the generation and delivery its worker claimed:
--- the late outcome of a run whose lease lapsed cannot end the delivery that
--- replaced it. A run that was asked to cancel is never rescheduled: it ends completed if
+-- Each outcome is guarded by the generation, delivery and start time its
+-- worker claimed: the late outcome of a run whose lease lapsed cannot end
+-- the delivery that replaced it, nor can an old run end a new run that has
+-- its key and generation (a key's generation starts again at 1 when its
+-- record is gone, so an old run that outlived the record can share both). A run that was asked to cancel is never rescheduled: it ends completed if
 -- its handler succeeded and cancelled otherwise. A row whose generation
 -- moved on was replaced or re-added while it ran: it is left alone
 -- (superseded). Notifications wake result waiters and, when a
@@ -148,19 +151,20 @@ WITH ended AS (
            unnest(@states::text[]) AS state, unnest(@errors::text[]) AS error,
            unnest(@results::text[]) AS result, unnest(@next_run_ats::timestamptz[]) AS next_run_at,
            unnest(@next_args::text[]) AS next_args, unnest(@next_attempts::int[]) AS next_attempt,
-           unnest(@deliveries::int[]) AS deliveries
+           unnest(@deliveries::int[]) AS deliveries, unnest(@started_ats::timestamptz[]) AS started_at
 ), target AS (
     -- Each outcome's row, found by primary key and locked (in the order
     -- given: the caller sorts by key), if it is still the run that ended.
     SELECT ended.*, t.tid, t.cancel_requested
     FROM ended JOIN LATERAL (
-        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state, r.cancel_requested
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = @queue::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
-    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries
+      AND t.started_at = ended.started_at AND t.state = 'running'
 ), rescheduled AS (
     UPDATE shadows.tasks t
     SET state = 'scheduled', run_at = target.next_run_at,
@@ -202,17 +206,18 @@ SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
 -- instead of nine.
 WITH ended AS (
     SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
-           unnest(@deliveries::int[]) AS deliveries
+           unnest(@deliveries::int[]) AS deliveries, unnest(@started_ats::timestamptz[]) AS started_at
 ), target AS (
     SELECT t.tid
     FROM ended JOIN LATERAL (
-        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.state
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state
         FROM shadows.tasks r
         WHERE r.queue = @queue::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
-    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries AND t.state = 'running'
+    WHERE t.generation = ended.generation AND t.deliveries = ended.deliveries
+      AND t.started_at = ended.started_at AND t.state = 'running'
 ), updated AS (
     UPDATE shadows.tasks t
     SET state = 'completed', finished_at = now(), lease_expires_at = NULL,

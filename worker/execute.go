@@ -21,9 +21,18 @@ import (
 	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
+// inflightKey names a run. Key and generation alone do not: a key's
+// generation starts again at 1 once its record is gone, so an old run that
+// outlived its record and the key's next run can share both. The claim's
+// start time (the database's, to the microsecond) tells them apart.
 type inflightKey struct {
 	key        string
 	generation int64
+	started    int64 // Unix microseconds
+}
+
+func runKey(x *execution) inflightKey {
+	return inflightKey{x.Key, x.generation, x.started.UnixMicro()}
 }
 
 // inflight is a claimed task from its claim until its outcome is recorded.
@@ -59,7 +68,7 @@ func (s *inflightSet) add(x *execution) *inflight {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &inflight{x: x, ctx: ctx, cancel: cancel}
 	s.mu.Lock()
-	s.m[inflightKey{x.Key, x.generation}] = f
+	s.m[runKey(x)] = f
 	s.mu.Unlock()
 	return f
 }
@@ -81,15 +90,9 @@ func (s *inflightSet) remove(k inflightKey) {
 func (s *inflightSet) cancelRun(key string, generation int64) {
 	s.mu.Lock()
 	var hit []*inflight
-	if generation != 0 {
-		if f := s.m[inflightKey{key, generation}]; f != nil {
+	for k, f := range s.m {
+		if k.key == key && (generation == 0 || k.generation == generation) {
 			hit = append(hit, f)
-		}
-	} else {
-		for k, f := range s.m {
-			if k.key == key {
-				hit = append(hit, f)
-			}
 		}
 	}
 	s.mu.Unlock()
@@ -100,7 +103,7 @@ func (s *inflightSet) cancelRun(key string, generation int64) {
 
 // snapshot lists the tasks in flight, sorted by key so that statements
 // locking their rows always lock them in the same order.
-func (s *inflightSet) snapshot() (keys []string, generations []int64, deliveries []int32) {
+func (s *inflightSet) snapshot() (keys []string, generations []int64, deliveries []int32, started []time.Time) {
 	s.mu.Lock()
 	xs := make([]*execution, 0, len(s.m))
 	for _, f := range s.m {
@@ -112,8 +115,9 @@ func (s *inflightSet) snapshot() (keys []string, generations []int64, deliveries
 		keys = append(keys, x.Key)
 		generations = append(generations, x.generation)
 		deliveries = append(deliveries, x.deliveries)
+		started = append(started, x.started)
 	}
-	return keys, generations, deliveries
+	return keys, generations, deliveries, started
 }
 
 // heldSlots lists the concurrency slots held by runs in flight, for the
@@ -156,6 +160,7 @@ const (
 // outcome is how a run ended, as the finisher records it.
 type outcome struct {
 	key        inflightKey
+	started    time.Time // the claim's, guarding the outcome with deliveries
 	deliveries int32
 	slots      []slotRequest // concurrency slots to release, held under runID
 	runID      int64
@@ -180,7 +185,7 @@ func (w *Worker) execute(f *inflight) {
 	if w.logger.Enabled(f.ctx, slog.LevelError) {
 		x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
 	}
-	out := outcome{key: inflightKey{x.Key, x.generation}, deliveries: x.deliveries, slots: x.slots, runID: x.runID}
+	out := outcome{key: runKey(x), started: x.started, deliveries: x.deliveries, slots: x.slots, runID: x.runID}
 	policy := reg.policy
 
 	if w.atMost != nil && w.exceedsAtMost(x.Key) {

@@ -157,6 +157,7 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 		NextArgs:     make([]string, n),
 		NextAttempts: make([]int32, n),
 		Deliveries:   make([]int32, n),
+		StartedAts:   make([]time.Time, n),
 		TtlSeconds:   f.w.ttlSeconds(),
 	}
 	for i, j := range order {
@@ -164,7 +165,7 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 		p.Keys[i], p.Generations[i] = o.key.key, o.key.generation
 		p.States[i], p.Errors[i], p.Results[i] = o.state, o.err, string(o.result)
 		p.NextRunAts[i], p.NextArgs[i], p.NextAttempts[i] = o.nextAt, string(o.nextArgs), int32(o.nextAttempt)
-		p.Deliveries[i] = o.deliveries
+		p.Deliveries[i], p.StartedAts[i] = o.deliveries, o.started
 	}
 	return f.record(ctx, batch, func(ctx context.Context, tx db.DBTX) (int64, error) {
 		row, err := f.w.queries.FinishTasks(ctx, tx, p)
@@ -232,11 +233,12 @@ func (f *finisher) complete(ctx context.Context, batch []outcome, order []int) e
 		Keys:        make([]string, n),
 		Generations: make([]int64, n),
 		Deliveries:  make([]int32, n),
+		StartedAts:  make([]time.Time, n),
 		TtlSeconds:  f.w.ttlSeconds(),
 	}
 	for i, j := range order {
 		o := &batch[j]
-		p.Keys[i], p.Generations[i], p.Deliveries[i] = o.key.key, o.key.generation, o.deliveries
+		p.Keys[i], p.Generations[i], p.Deliveries[i], p.StartedAts[i] = o.key.key, o.key.generation, o.deliveries, o.started
 	}
 	return f.record(ctx, batch, func(ctx context.Context, tx db.DBTX) (int64, error) {
 		row, err := f.w.queries.CompleteTasks(ctx, tx, p)
@@ -338,14 +340,14 @@ func (w *Worker) renewLeases(ctx context.Context) {
 func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	w.done.flushMu.Lock()
 	defer w.done.flushMu.Unlock()
-	keys, gens, deliveries := w.inflight.snapshot()
+	keys, gens, deliveries, started := w.inflight.snapshot()
 	if len(keys) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cancelled, err := w.queries.RenewLeases(ctx, w.pool, db.RenewLeasesParams{
-		Queue: w.q.Name(), Keys: keys, Generations: gens, Deliveries: deliveries,
+		Queue: w.q.Name(), Keys: keys, Generations: gens, Deliveries: deliveries, StartedAts: started,
 		Worker: w.cfg.Name, LeaseSeconds: w.leaseSeconds(),
 	})
 	if err != nil {

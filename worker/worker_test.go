@@ -808,3 +808,67 @@ func TestPickupIsPromptWithNotifications(t *testing.T) {
 		t.Fatal("an idle worker was not woken by the notification")
 	}
 }
+
+// A key's generation starts again at 1 once its record is gone, so an old
+// run that outlived the record and the key's next run can share key and
+// generation, here on the same worker. Each run's outcome must still end
+// only its own run: the old run returning does not end the new one's
+// record, and the new run is not cancelled with it.
+func TestOldRunSharingKeyAndGenerationEndsOnlyItself(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	started := make(chan string, 3)
+	ended := make(chan string, 3)
+	release := map[string]chan struct{}{"old": make(chan struct{}), "new": make(chan struct{}), "marker": nil}
+	cancelled := make(chan string, 3)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		started <- task.Args.ID
+		defer func() { ended <- task.Args.ID }()
+		if release[task.Args.ID] == nil {
+			return nil
+		}
+		select {
+		case <-release[task.Args.ID]:
+			return nil
+		case <-ctx.Done():
+			cancelled <- task.Args.ID
+			return ctx.Err()
+		}
+	}, worker.Policy{})
+	b.start(t)
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release["new"]) }) })
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Block{ID: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.Equal(t, "old", <-started)
+	// Replaced by a copy due later, whose record then goes (as an expired
+	// record is collected): the key has no record while the old run goes on.
+	_, err = b.q.Replace(ctx, Block{ID: "later"}, queue.AddOpts{Key: "k", When: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	_, err = b.pool.Exec(ctx, `DELETE FROM shadows.tasks WHERE queue = $1 AND key = 'k'`, b.q.Name())
+	require.NoError(t, err)
+	ex, err := b.q.Add(ctx, Block{ID: "new"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	require.EqualValues(t, 1, ex.Generation, "a new record starts at generation 1")
+	require.Equal(t, "new", <-started)
+
+	close(release["old"])
+	require.Equal(t, "old", <-ended)
+	// Outcomes are recorded in order: once a later one is, the old run's
+	// has been dealt with.
+	_, err = b.q.Add(ctx, Block{ID: "marker"}, &queue.AddOpts{Key: "marker"})
+	require.NoError(t, err)
+	_, err = b.wait(t, "marker")
+	require.NoError(t, err)
+	ex, err = b.q.Execution(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateRunning, ex.State, "the old run's end did not end the new run")
+	require.Empty(t, cancelled, "the new run was not cancelled with the old one")
+
+	once.Do(func() { close(release["new"]) })
+	ex, err = b.wait(t, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.EqualValues(t, 1, ex.Generation)
+}
