@@ -651,7 +651,7 @@ SET progress_current = CASE
                             ELSE nullif($4::text, '') END,
     progress_at = now()
 WHERE queue = $5::text AND key = $6::text AND generation = $7::bigint
-  AND state = 'running'
+  AND started_at = $8::timestamptz AND state = 'running'
 `
 
 type SetProgressParams struct {
@@ -662,9 +662,11 @@ type SetProgressParams struct {
 	Queue      string
 	Key        string
 	Generation int64
+	StartedAt  time.Time
 }
 
-// Progress of a running task, guarded by the generation its worker claimed.
+// Progress of a running task, guarded by the generation and start time its
+// worker claimed.
 // A null argument leaves that part as it is; an empty message clears it.
 func (q *Queries) SetProgress(ctx context.Context, db DBTX, arg SetProgressParams) error {
 	_, err := db.Exec(ctx, setProgress,
@@ -675,6 +677,7 @@ func (q *Queries) SetProgress(ctx context.Context, db DBTX, arg SetProgressParam
 		arg.Queue,
 		arg.Key,
 		arg.Generation,
+		arg.StartedAt,
 	)
 	return err
 }

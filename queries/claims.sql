@@ -234,7 +234,8 @@ SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint
     (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done;
 
 -- name: SetProgress :exec
--- Progress of a running task, guarded by the generation its worker claimed.
+-- Progress of a running task, guarded by the generation and start time its
+-- worker claimed.
 -- A null argument leaves that part as it is; an empty message clears it.
 UPDATE shadows.tasks
 SET progress_current = CASE
@@ -247,7 +248,7 @@ SET progress_current = CASE
                             ELSE nullif(sqlc.narg('message')::text, '') END,
     progress_at = now()
 WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bigint
-  AND state = 'running';
+  AND started_at = @started_at::timestamptz AND state = 'running';
 
 -- name: AcquireSlots :many
 -- Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.

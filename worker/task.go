@@ -255,7 +255,7 @@ func (p *Progress) SetMessage(ctx context.Context, msg string) error {
 }
 
 func (p *Progress) set(ctx context.Context, params db.SetProgressParams) error {
-	params.Queue, params.Key, params.Generation = p.w.q.Name(), p.x.Key, p.x.generation
+	params.Queue, params.Key, params.Generation, params.StartedAt = p.w.q.Name(), p.x.Key, p.x.generation, p.x.started
 	if err := p.w.queries.SetProgress(ctx, p.w.pool, params); err != nil {
 		return fmt.Errorf("progress of task %q: %w", p.x.Key, err)
 	}
