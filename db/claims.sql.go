@@ -233,15 +233,16 @@ WITH lapsed AS (
     SELECT l.ctid::tid AS tid, l.cancel_requested FROM shadows.tasks l
     WHERE l.queue = $3::text AND l.state = 'running' AND l.lease_expires_at < now()
       AND NOT EXISTS (
-          SELECT 1 FROM (SELECT unnest($4::text[]) AS k, unnest($5::bigint[]) AS g) AS f
-          WHERE f.k = l.key AND f.g = l.generation)
+          SELECT 1 FROM (SELECT unnest($4::text[]) AS k, unnest($5::bigint[]) AS g,
+                                unnest($6::timestamptz[]) AS s) AS f
+          WHERE f.k = l.key AND f.g = l.generation AND f.s = l.started_at)
     ORDER BY l.lease_expires_at
-    LIMIT $6
+    LIMIT $7
     FOR UPDATE SKIP LOCKED
 ), cancelled AS (
     UPDATE shadows.tasks t
     SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $7::float8)
+        expires_at = now() + make_interval(secs => $8::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE cancel_requested))
 )
 UPDATE shadows.tasks t
@@ -258,6 +259,7 @@ type ClaimLapsedParams struct {
 	Queue               string
 	InFlight            []string
 	InFlightGenerations []int64
+	InFlightStartedAts  []time.Time
 	MaxRows             int32
 	TtlSeconds          float64
 }
@@ -277,7 +279,7 @@ type ClaimLapsedRow struct {
 // Redelivery: running tasks whose lease lapsed because their worker stopped
 // renewing it (it died or lost the database). A lapsed task that was asked
 // to cancel ends cancelled instead (at the cancel's time). The caller's
-// own runs in flight (key and generation) are skipped: it still runs them,
+// own runs in flight (key, generation and claim time) are skipped: it still runs them,
 // and will renew or finish them.
 func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParams) ([]ClaimLapsedRow, error) {
 	rows, err := db.Query(ctx, claimLapsed,
@@ -286,6 +288,7 @@ func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParam
 		arg.Queue,
 		arg.InFlight,
 		arg.InFlightGenerations,
+		arg.InFlightStartedAts,
 		arg.MaxRows,
 		arg.TtlSeconds,
 	)
@@ -543,7 +546,7 @@ func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsPar
 
 const renewLeases = `-- name: RenewLeases :many
 WITH mine AS (
-    SELECT t.ctid AS tid, t.key, t.generation, t.cancel_requested
+    SELECT t.ctid AS tid, t.key, t.generation, t.started_at, t.cancel_requested
     FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
                  unnest($3::int[]) AS deliveries, unnest($4::timestamptz[]) AS started_at) AS u
     JOIN LATERAL (
@@ -561,7 +564,7 @@ WITH mine AS (
     SET lease_expires_at = now() + make_interval(secs => $7::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
-SELECT key, generation FROM mine WHERE cancel_requested
+SELECT key, generation, started_at FROM mine WHERE cancel_requested
 `
 
 type RenewLeasesParams struct {
@@ -577,6 +580,7 @@ type RenewLeasesParams struct {
 type RenewLeasesRow struct {
 	Key        string
 	Generation int64
+	StartedAt  *time.Time
 }
 
 // Extends the leases of this worker's running tasks and returns the runs
@@ -600,7 +604,7 @@ func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParam
 	var items []RenewLeasesRow
 	for rows.Next() {
 		var i RenewLeasesRow
-		if err := rows.Scan(&i.Key, &i.Generation); err != nil {
+		if err := rows.Scan(&i.Key, &i.Generation, &i.StartedAt); err != nil {
 			return nil, err
 		}
 		items = append(items, i)

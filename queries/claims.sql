@@ -70,14 +70,15 @@ FROM set_aside;
 -- Redelivery: running tasks whose lease lapsed because their worker stopped
 -- renewing it (it died or lost the database). A lapsed task that was asked
 -- to cancel ends cancelled instead (at the cancel's time). The caller's
--- own runs in flight (key and generation) are skipped: it still runs them,
+-- own runs in flight (key, generation and claim time) are skipped: it still runs them,
 -- and will renew or finish them.
 WITH lapsed AS (
     SELECT l.ctid::tid AS tid, l.cancel_requested FROM shadows.tasks l
     WHERE l.queue = @queue::text AND l.state = 'running' AND l.lease_expires_at < now()
       AND NOT EXISTS (
-          SELECT 1 FROM (SELECT unnest(@in_flight::text[]) AS k, unnest(@in_flight_generations::bigint[]) AS g) AS f
-          WHERE f.k = l.key AND f.g = l.generation)
+          SELECT 1 FROM (SELECT unnest(@in_flight::text[]) AS k, unnest(@in_flight_generations::bigint[]) AS g,
+                                unnest(@in_flight_started_ats::timestamptz[]) AS s) AS f
+          WHERE f.k = l.key AND f.g = l.generation AND f.s = l.started_at)
     ORDER BY l.lease_expires_at
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
@@ -109,7 +110,7 @@ LIMIT 1;
 -- key and locked, in the order given (the caller sorts by key, as
 -- FinishTasks' caller does, so the two never deadlock).
 WITH mine AS (
-    SELECT t.ctid AS tid, t.key, t.generation, t.cancel_requested
+    SELECT t.ctid AS tid, t.key, t.generation, t.started_at, t.cancel_requested
     FROM (SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
                  unnest(@deliveries::int[]) AS deliveries, unnest(@started_ats::timestamptz[]) AS started_at) AS u
     JOIN LATERAL (
@@ -127,7 +128,7 @@ WITH mine AS (
     SET lease_expires_at = now() + make_interval(secs => @lease_seconds::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
-SELECT key, generation FROM mine WHERE cancel_requested;
+SELECT key, generation, started_at FROM mine WHERE cancel_requested;
 
 -- name: FinishTasks :one
 -- Records how a batch of runs ended, each in one of two ways:

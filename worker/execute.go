@@ -86,7 +86,9 @@ func (s *inflightSet) remove(k inflightKey) {
 // cancelRun cancels the run of key at generation, or every run of key this
 // worker has when generation is 0. Naming the generation matters once a
 // cancel has freed the key: a late notification for the old run must not
-// cancel a new run of the same key.
+// cancel a new run of the same key. (Notifications do not carry the claim
+// time: an old run outliving its record that shares key and generation
+// with the key's next run on this worker is cancelled with it.)
 func (s *inflightSet) cancelRun(key string, generation int64) {
 	s.mu.Lock()
 	var hit []*inflight
@@ -97,6 +99,16 @@ func (s *inflightSet) cancelRun(key string, generation int64) {
 	}
 	s.mu.Unlock()
 	for _, f := range hit {
+		f.markCancelled()
+	}
+}
+
+// cancelExact cancels the one run k names, if it is in flight.
+func (s *inflightSet) cancelExact(k inflightKey) {
+	s.mu.Lock()
+	f := s.m[k]
+	s.mu.Unlock()
+	if f != nil {
 		f.markCancelled()
 	}
 }

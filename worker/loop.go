@@ -148,10 +148,11 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 		if _, err := w.queries.WakeWaiters(ctx, w.pool, w.q.Name()); err != nil {
 			return 0, err
 		}
-		mine, generations, _, _ := w.inflight.snapshot()
+		mine, generations, _, started := w.inflight.snapshot()
 		rows, err := w.queries.ClaimLapsed(ctx, w.pool, db.ClaimLapsedParams{
 			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(free), LeaseSeconds: w.leaseSeconds(),
 			TtlSeconds: w.ttlSeconds(), InFlight: mine, InFlightGenerations: generations,
+			InFlightStartedAts: started,
 		})
 		if err != nil {
 			return 0, err

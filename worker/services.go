@@ -354,7 +354,9 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 		return err
 	}
 	for _, r := range cancelled {
-		w.inflight.cancelRun(r.Key, r.Generation)
+		if r.StartedAt != nil {
+			w.inflight.cancelExact(inflightKey{r.Key, r.Generation, r.StartedAt.UnixMicro()})
+		}
 	}
 	if held := w.inflight.heldSlots(); len(held.LimitKeys) > 0 {
 		// Every holder, replaced or not: its slots count while it runs.
