@@ -219,7 +219,7 @@ func (q *Queries) AddTasks(ctx context.Context, db DBTX, arg AddTasksParams) ([]
 
 const cancelTask = `-- name: CancelTask :one
 WITH old AS (
-    SELECT key, state, generation FROM shadows.tasks
+    SELECT key, state, generation, started_at FROM shadows.tasks
     WHERE queue = $1::text AND key = $2::text AND state IN ('scheduled', 'running')
     FOR UPDATE
 ), upd AS (
@@ -232,12 +232,13 @@ WITH old AS (
                           ELSE now() + make_interval(secs => $3::float8) END
     FROM old
     WHERE t.queue = $1::text AND t.key = old.key
-    RETURNING old.state AS previous, old.generation
+    RETURNING old.state AS previous, old.generation, old.started_at
 )
 SELECT upd.previous,
     CASE WHEN upd.previous = 'running'
          THEN (SELECT true FROM pg_notify('shadows_cancel', json_build_object(
-                   'queue', $1::text, 'key', $2::text, 'generation', upd.generation)::text))
+                   'queue', $1::text, 'key', $2::text, 'generation', upd.generation,
+                   'started', (extract(epoch FROM upd.started_at) * 1000000)::bigint)::text))
          ELSE false END::bool AS notified,
     (SELECT true FROM pg_notify('shadows_done', $1::text))::bool AS notified_done
 FROM upd

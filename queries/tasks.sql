@@ -145,7 +145,7 @@ SELECT pg_notify('shadows_ready', @queue::text);
 -- then the row stays running, so the run keeps its lease and its slots.
 -- Result waiters are woken.
 WITH old AS (
-    SELECT key, state, generation FROM shadows.tasks
+    SELECT key, state, generation, started_at FROM shadows.tasks
     WHERE queue = @queue::text AND key = @key::text AND state IN ('scheduled', 'running')
     FOR UPDATE
 ), upd AS (
@@ -158,12 +158,13 @@ WITH old AS (
                           ELSE now() + make_interval(secs => @ttl_seconds::float8) END
     FROM old
     WHERE t.queue = @queue::text AND t.key = old.key
-    RETURNING old.state AS previous, old.generation
+    RETURNING old.state AS previous, old.generation, old.started_at
 )
 SELECT upd.previous,
     CASE WHEN upd.previous = 'running'
          THEN (SELECT true FROM pg_notify('shadows_cancel', json_build_object(
-                   'queue', @queue::text, 'key', @key::text, 'generation', upd.generation)::text))
+                   'queue', @queue::text, 'key', @key::text, 'generation', upd.generation,
+                   'started', (extract(epoch FROM upd.started_at) * 1000000)::bigint)::text))
          ELSE false END::bool AS notified,
     (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done
 FROM upd;

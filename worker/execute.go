@@ -86,9 +86,8 @@ func (s *inflightSet) remove(k inflightKey) {
 // cancelRun cancels the run of key at generation, or every run of key this
 // worker has when generation is 0. Naming the generation matters once a
 // cancel has freed the key: a late notification for the old run must not
-// cancel a new run of the same key. (Notifications do not carry the claim
-// time: an old run outliving its record that shares key and generation
-// with the key's next run on this worker is cancelled with it.)
+// cancel a new run of the same key. Cancels name the claim time too
+// (cancelExact); this serves notifications from earlier versions.
 func (s *inflightSet) cancelRun(key string, generation int64) {
 	s.mu.Lock()
 	var hit []*inflight

@@ -298,7 +298,11 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 			}
 		case notify.Cancel:
 			if p, ok := notify.ParseCancel(n.Payload); ok && p.Queue == w.q.Name() {
-				w.inflight.cancelRun(p.Key, p.Generation)
+				if p.Generation != 0 && p.Started != 0 {
+					w.inflight.cancelExact(inflightKey{p.Key, p.Generation, p.Started})
+				} else {
+					w.inflight.cancelRun(p.Key, p.Generation)
+				}
 			}
 		}
 	}

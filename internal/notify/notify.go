@@ -11,7 +11,8 @@ const (
 	// notifications of one transaction).
 	Ready = "shadows_ready"
 	// Cancel is notified when a running task is cancelled; the payload is a
-	// JSON object with "queue", "key" and the run's "generation".
+	// JSON object with "queue", "key", the run's "generation" and its claim
+	// time ("started", Unix microseconds).
 	Cancel = "shadows_cancel"
 	// Done is notified, with the queue name as payload, once per transaction
 	// that recorded the end of tasks, to wake callers waiting for results.
@@ -25,6 +26,9 @@ type CancelPayload struct {
 	// Generation is the cancelled run's; 0 (a payload without one) means
 	// every run of the key.
 	Generation int64 `json:"generation,omitempty"`
+	// Started is the run's claim time in Unix microseconds; 0 (a payload
+	// without one) means every run of the key at Generation.
+	Started int64 `json:"started,omitempty"`
 }
 
 // ParseCancel decodes a [Cancel] payload. A malformed payload yields ok=false.

@@ -8,6 +8,8 @@ func TestParseCancel(t *testing.T) {
 		want    CancelPayload
 		ok      bool
 	}{
+		{`{"queue":"q","key":"k","generation":3,"started":1764270000123456}`,
+			CancelPayload{Queue: "q", Key: "k", Generation: 3, Started: 1764270000123456}, true},
 		{`{"queue":"q","key":"k","generation":3}`, CancelPayload{Queue: "q", Key: "k", Generation: 3}, true},
 		{`{"queue":"q","key":"k"}`, CancelPayload{Queue: "q", Key: "k"}, true}, // every run of k
 		{`{"queue":"q"}`, CancelPayload{}, false},
