@@ -13,14 +13,16 @@ import (
 
 const acquireSlots = `-- name: AcquireSlots :many
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
-FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[], $4::bigint[],
-                           $5::text[], $6::int[], $7::float8)
+FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[], $4::timestamptz[],
+                           $5::bigint[],
+                           $6::text[], $7::int[], $8::float8)
 `
 
 type AcquireSlotsParams struct {
 	Queue        string
 	Tasks        []string
 	Generations  []int64
+	StartedAts   []time.Time
 	RunIds       []int64
 	LimitKeys    []string
 	Maxes        []int32
@@ -38,6 +40,7 @@ func (q *Queries) AcquireSlots(ctx context.Context, db DBTX, arg AcquireSlotsPar
 		arg.Queue,
 		arg.Tasks,
 		arg.Generations,
+		arg.StartedAts,
 		arg.RunIds,
 		arg.LimitKeys,
 		arg.Maxes,

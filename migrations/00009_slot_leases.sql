@@ -108,7 +108,7 @@ DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[]);
 
 -- Takes slots for claimed (running) runs. Each row of the input is one
 -- limit of one run: the run p_runs[i] of task p_tasks[i] (claimed at
--- generation p_generations[i]) needs a slot of p_keys[i], of which at most
+-- generation p_generations[i], at time p_started[i]) needs a slot of p_keys[i], of which at most
 -- p_maxes[i] may be held; a slot taken is leased for p_lease_seconds. Runs
 -- are served in the order their tasks were due; a run gets all of its
 -- slots or none: if any of its keys is full, or older tasks already wait on
@@ -117,7 +117,8 @@ DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], text[], integer[]);
 -- meanwhile parks nothing (its worker drops it). The whole batch is decided
 -- with a handful of statements, whatever its size.
 -- +goose StatementBegin
-CREATE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[], p_runs bigint[],
+CREATE FUNCTION shadows.acquire_slots(p_queue text, p_tasks text[], p_generations bigint[],
+                                      p_started timestamptz[], p_runs bigint[],
                                       p_keys text[], p_maxes integer[], p_lease_seconds float8)
 RETURNS TABLE (parked_key text, parked_on text)
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
@@ -132,6 +133,7 @@ DECLARE
     v_task    text;
     v_seq     bigint;
     v_gen     bigint;
+    v_started timestamptz;
     v_pos     integer[] := '{}';
     v_maxes   integer[] := '{}';
     v_blocked integer;
@@ -144,6 +146,7 @@ DECLARE
     p_k       text[] := '{}';
     p_m       integer[] := '{}';
     p_g       bigint[] := '{}';
+    p_s       timestamptz[] := '{}';
     v_keys    text[];
     i         integer;
     j         integer;
@@ -196,11 +199,11 @@ BEGIN
     -- drops it.
     FOR r IN
         SELECT * FROM (
-            SELECT 0 AS last, u.r, u.t, u.g, (v_idx ->> u.k)::integer AS pos, u.m, tk.seq,
+            SELECT 0 AS last, u.r, u.t, u.g, u.s, (v_idx ->> u.k)::integer AS pos, u.m, tk.seq,
                    coalesce(tk.run_at, 'infinity') AS run_at
-            FROM unnest(p_tasks, p_generations, p_runs, p_keys, p_maxes) AS u(t, g, r, k, m)
+            FROM unnest(p_tasks, p_generations, p_started, p_runs, p_keys, p_maxes) AS u(t, g, s, r, k, m)
             LEFT JOIN shadows.tasks tk ON tk.queue = p_queue AND tk.key = u.t
-            UNION ALL SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, 'infinity'
+            UNION ALL SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'infinity'
         ) AS x
         ORDER BY last, run_at, seq NULLS LAST, r, pos
     LOOP
@@ -229,6 +232,7 @@ BEGIN
                 p_k := array_append(p_k, v_keys[j]);
                 p_m := array_append(p_m, v_maxes[v_blocked]);
                 p_g := array_append(p_g, v_gen);
+                p_s := array_append(p_s, v_started);
                 -- Later tasks on this key queue behind it.
                 IF v_first[j] IS NULL THEN
                     v_first[j] := v_seq;
@@ -242,6 +246,7 @@ BEGIN
         v_task := r.t;
         v_seq := r.seq;
         v_gen := r.g;
+        v_started := r.s;
         v_pos := array_append(v_pos, r.pos);
         v_maxes := array_append(v_maxes, r.m);
     END LOOP;
@@ -263,14 +268,15 @@ BEGIN
         SET state = 'scheduled', waiting_on = u.k, waiting_max = u.m,
             worker = NULL, started_at = NULL, lease_expires_at = NULL,
             deliveries = greatest(t.deliveries - 1, 0)
-        FROM unnest(p_t, p_k, p_m, p_g) AS u(t, k, m, g)
-        -- Only the claimed generation: a superseded run parks nothing (its
-        -- worker drops it), and never the run that replaced it. A run
+        FROM unnest(p_t, p_k, p_m, p_g, p_s) AS u(t, k, m, g, s)
+        -- Only the claimed run (generation and claim time): a superseded
+        -- run parks nothing (its worker drops it), and never the run that
+        -- replaced it, nor another worker's run of the key. A run
         -- cancelled since its claim is not parked either (parked, it would
         -- be woken and run): its worker drops it, and it ends cancelled
         -- when its lease lapses.
-        WHERE t.queue = p_queue AND t.key = u.t AND t.generation = u.g AND t.state = 'running'
-          AND NOT t.cancel_requested;
+        WHERE t.queue = p_queue AND t.key = u.t AND t.generation = u.g AND t.started_at = u.s
+          AND t.state = 'running' AND NOT t.cancel_requested;
     END IF;
 
     -- Tasks parked behind older waiters while slots were free: wake those
@@ -414,7 +420,7 @@ FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k ORDER BY 1) AS keys;
 $$;
 -- +goose StatementEnd
 DROP FUNCTION shadows.renew_slots(text, text[], bigint[], float8);
-DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], bigint[], text[], integer[], float8);
+DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], timestamptz[], bigint[], text[], integer[], float8);
 DROP FUNCTION shadows.release_slots(text, text[], bigint[]);
 -- +goose StatementBegin
 CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generations bigint[])

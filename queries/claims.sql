@@ -254,7 +254,8 @@ WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bi
 -- name: AcquireSlots :many
 -- Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
-FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[], @run_ids::bigint[],
+FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[], @started_ats::timestamptz[],
+                           @run_ids::bigint[],
                            @limit_keys::text[], @maxes::int[], @lease_seconds::float8);
 
 -- name: RenewSlots :one

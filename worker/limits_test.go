@@ -317,10 +317,11 @@ func TestSlotsAreHeldPerRun(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := t.Context()
+	started := time.Now().UTC().Truncate(time.Microsecond) // the claim time of every staged run
 	acquire := func(key string, generation, run int64, limitKey string, max int) []string {
 		t.Helper()
-		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 3600)`,
-			b.q.Name(), []string{key}, []int64{generation}, []int64{run}, []string{limitKey}, []int32{int32(max)})
+		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, $7, 3600)`,
+			b.q.Name(), []string{key}, []int64{generation}, []time.Time{started}, []int64{run}, []string{limitKey}, []int32{int32(max)})
 		require.NoError(t, err)
 		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)
@@ -359,8 +360,8 @@ func TestSlotsAreHeldPerRun(t *testing.T) {
 	require.NoError(t, err)
 	_, err = b.q.Replace(ctx, Backup{DB: "b"}, queue.AddOpts{Key: "k", When: time.Now()})
 	require.NoError(t, err)
-	_, err = b.pool.Exec(ctx, `UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1,
-		lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = 'k'`, b.q.Name())
+	_, err = b.pool.Exec(ctx, `UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1, started_at = $2,
+		lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = 'k'`, b.q.Name(), started)
 	require.NoError(t, err)
 	require.Empty(t, acquire("k", 2, 202, "full", 1))
 	// Generation 1 finds "full" full: it is returned as parked (its worker
@@ -545,11 +546,13 @@ func TestSlotWorkOnManyKeysAtOnce(t *testing.T) {
 	ctx := t.Context()
 	const n = 20000
 	tasks, gens, runs, keys, maxes := make([]string, n), make([]int64, n), make([]int64, n), make([]string, n), make([]int32, n)
+	started := make([]time.Time, n)
 	for i := range n {
 		tasks[i], gens[i], runs[i], keys[i], maxes[i] = fmt.Sprint("t", i), 1, int64(i+1), fmt.Sprint("k", i), 1
+		started[i] = time.Now()
 	}
-	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 60)`,
-		b.q.Name(), tasks, gens, runs, keys, maxes)
+	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, $7, 60)`,
+		b.q.Name(), tasks, gens, started, runs, keys, maxes)
 	require.NoError(t, err)
 	parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
@@ -563,11 +566,12 @@ func TestSlotWorkOnManyKeysAtOnce(t *testing.T) {
 	require.Zero(t, held)
 }
 
-// Two edges of slot bookkeeping, staged against the SQL functions: a run
+// Edges of slot bookkeeping, staged against the SQL functions: a run
 // cancelled between its claim and its admission is not parked (parked, it
-// would be woken and run later), and the sweep deletes slots whose lease
-// lapsed and leaves live ones.
-func TestCancelledRunIsNotParkedAndLapsedSlotsAreSwept(t *testing.T) {
+// would be woken and run later); a blocked run parks only its own claim,
+// never another run of the key and generation (claimed at another time);
+// and the sweep deletes slots whose lease lapsed and leaves live ones.
+func TestParkingOnlyTheAskingRunAndSweepingLapsedSlots(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := t.Context()
@@ -576,29 +580,54 @@ func TestCancelledRunIsNotParkedAndLapsedSlotsAreSwept(t *testing.T) {
 		_, err := b.pool.Exec(ctx, sql, args...)
 		require.NoError(t, err)
 	}
-	_, err := b.q.Add(ctx, Backup{DB: "a"}, &queue.AddOpts{Key: "k"})
-	require.NoError(t, err)
-	exec(`UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1, cancel_requested = true,
-		lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = 'k'`, b.q.Name())
+	started := time.Now().UTC().Truncate(time.Microsecond)
+	acquire := func(key string, started time.Time) []string {
+		t.Helper()
+		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, $7, 60)`,
+			b.q.Name(), []string{key}, []int64{1}, []time.Time{started}, []int64{3}, []string{"full"}, []int32{1})
+		require.NoError(t, err)
+		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		return parked
+	}
+	state := func(key string) (string, *string) {
+		t.Helper()
+		var state string
+		var waiting *string
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT state::text, waiting_on FROM shadows.tasks WHERE queue = $1 AND key = $2`,
+			b.q.Name(), key).Scan(&state, &waiting))
+		return state, waiting
+	}
+	for _, key := range []string{"cancelled", "other-claim", "mine"} {
+		_, err := b.q.Add(ctx, Backup{DB: "a"}, &queue.AddOpts{Key: key})
+		require.NoError(t, err)
+		exec(`UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1, started_at = $3,
+			cancel_requested = ($2 = 'cancelled'), lease_expires_at = now() + interval '1 hour'
+			WHERE queue = $1 AND key = $2`, b.q.Name(), key, started)
+	}
 	exec(`INSERT INTO shadows.slots (queue, limit_key, run_id, task_key, generation, max_slots, lease_expires_at)
 		VALUES ($1, 'full', 1, 'holder', 1, 1, now() + interval '1 hour'),
 		       ($1, 'full', 2, 'gone', 1, 1, now() - interval '1 second')`, b.q.Name())
-	rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.acquire_slots($1, $2, $3, $4, $5, $6, 60)`,
-		b.q.Name(), []string{"k"}, []int64{1}, []int64{3}, []string{"full"}, []int32{1})
-	require.NoError(t, err)
-	parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	require.NoError(t, err)
-	require.Equal(t, []string{"k"}, parked, "blocked: its worker drops it")
-	var state string
-	var waiting *string
-	require.NoError(t, b.pool.QueryRow(ctx, `SELECT state::text, waiting_on FROM shadows.tasks WHERE queue = $1 AND key = 'k'`,
-		b.q.Name()).Scan(&state, &waiting))
-	require.Equal(t, "running", state, "left to end cancelled when its lease lapses")
+
+	require.Equal(t, []string{"cancelled"}, acquire("cancelled", started), "blocked: its worker drops it")
+	st, waiting := state("cancelled")
+	require.Equal(t, "running", st, "left to end cancelled when its lease lapses")
 	require.Nil(t, waiting)
 
-	_, err = b.pool.Exec(ctx, `SELECT shadows.wake_waiters($1)`, b.q.Name())
+	require.Equal(t, []string{"other-claim"}, acquire("other-claim", started.Add(-time.Second)))
+	st, waiting = state("other-claim")
+	require.Equal(t, "running", st, "the row is another claim's: not parked")
+	require.Nil(t, waiting)
+
+	require.Equal(t, []string{"mine"}, acquire("mine", started))
+	st, waiting = state("mine")
+	require.Equal(t, "scheduled", st, "the asking run itself is parked")
+	require.NotNil(t, waiting)
+	require.Equal(t, "full", *waiting)
+
+	_, err := b.pool.Exec(ctx, `SELECT shadows.wake_waiters($1)`, b.q.Name())
 	require.NoError(t, err)
-	rows, err = b.pool.Query(ctx, `SELECT run_id FROM shadows.slots WHERE queue = $1 ORDER BY 1`, b.q.Name())
+	rows, err := b.pool.Query(ctx, `SELECT run_id FROM shadows.slots WHERE queue = $1 ORDER BY 1`, b.q.Name())
 	require.NoError(t, err)
 	left, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	require.NoError(t, err)

@@ -202,6 +202,7 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 		for _, s := range slots {
 			p.Tasks = append(p.Tasks, x.Key)
 			p.Generations = append(p.Generations, x.generation)
+			p.StartedAts = append(p.StartedAts, x.started)
 			p.RunIds = append(p.RunIds, x.runID)
 			p.LimitKeys = append(p.LimitKeys, s.key)
 			p.Maxes = append(p.Maxes, int32(s.max))
