@@ -29,14 +29,14 @@ UPDATE shadows.slots s SET run_id = -n.i
 FROM (SELECT ctid AS tid, row_number() OVER () AS i FROM shadows.slots) AS n
 WHERE s.ctid = n.tid;
 -- The primary key is the only index: one narrow index entry per slot
--- taken, and every statement on slots names its key and run.
+-- taken; every statement on slots but the sweep names the limit key.
 ALTER TABLE shadows.slots
     ALTER COLUMN lease_expires_at SET NOT NULL,
     ALTER COLUMN run_id SET NOT NULL,
     DROP CONSTRAINT slots_pkey,
     ADD PRIMARY KEY (queue, limit_key, run_id);
 DROP INDEX shadows.slots_holder;
---
+
 -- The functions that read and write slots run with enable_seqscan off. The
 -- table churns (a row per limited run, deleted when it ends), so its
 -- statistics are nearly always wrong: an ANALYZE that found it empty made
@@ -47,7 +47,7 @@ DROP INDEX shadows.slots_holder;
 -- Slot work locks its limit keys for the rest of the transaction, in a
 -- fixed order so that concurrent callers never deadlock. Keys are locked by
 -- bucket (64 per queue) instead of one by one: a batch of a thousand keys
--- took a thousand advisory locks, which cost about a third of slot work and
+-- took a thousand advisory locks, which cost about a quarter of slot work and
 -- could exhaust the server's lock table ("out of shared memory") when a few
 -- large batches ran at once. Keys sharing a bucket wait for each other; no
 -- key is ever unlocked while slot work on it runs.

@@ -35,6 +35,10 @@ func runKey(x *execution) inflightKey {
 	return inflightKey{x.Key, x.generation, x.started.UnixMicro()}
 }
 
+// startedAt is the run's claim time, as statements guarding its writes
+// compare it.
+func (k inflightKey) startedAt() time.Time { return time.UnixMicro(k.started) }
+
 // inflight is a claimed task from its claim until its outcome is recorded.
 type inflight struct {
 	x         *execution
@@ -171,7 +175,6 @@ const (
 // outcome is how a run ended, as the finisher records it.
 type outcome struct {
 	key        inflightKey
-	started    time.Time // the claim's, guarding the outcome with deliveries
 	deliveries int32
 	slots      []slotRequest // concurrency slots to release, held under runID
 	runID      int64
@@ -196,7 +199,7 @@ func (w *Worker) execute(f *inflight) {
 	if w.logger.Enabled(f.ctx, slog.LevelError) {
 		x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
 	}
-	out := outcome{key: runKey(x), started: x.started, deliveries: x.deliveries, slots: x.slots, runID: x.runID}
+	out := outcome{key: runKey(x), deliveries: x.deliveries, slots: x.slots, runID: x.runID}
 	policy := reg.policy
 
 	if w.atMost != nil && w.exceedsAtMost(x.Key) {

@@ -165,7 +165,7 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 		p.Keys[i], p.Generations[i] = o.key.key, o.key.generation
 		p.States[i], p.Errors[i], p.Results[i] = o.state, o.err, string(o.result)
 		p.NextRunAts[i], p.NextArgs[i], p.NextAttempts[i] = o.nextAt, string(o.nextArgs), int32(o.nextAttempt)
-		p.Deliveries[i], p.StartedAts[i] = o.deliveries, o.started
+		p.Deliveries[i], p.StartedAts[i] = o.deliveries, o.key.startedAt()
 	}
 	return f.record(ctx, batch, func(ctx context.Context, tx db.DBTX) (int64, error) {
 		row, err := f.w.queries.FinishTasks(ctx, tx, p)
@@ -238,7 +238,7 @@ func (f *finisher) complete(ctx context.Context, batch []outcome, order []int) e
 	}
 	for i, j := range order {
 		o := &batch[j]
-		p.Keys[i], p.Generations[i], p.Deliveries[i], p.StartedAts[i] = o.key.key, o.key.generation, o.deliveries, o.started
+		p.Keys[i], p.Generations[i], p.Deliveries[i], p.StartedAts[i] = o.key.key, o.key.generation, o.deliveries, o.key.startedAt()
 	}
 	return f.record(ctx, batch, func(ctx context.Context, tx db.DBTX) (int64, error) {
 		row, err := f.w.queries.CompleteTasks(ctx, tx, p)
