@@ -530,7 +530,7 @@ func (q *Queries) NextDue(ctx context.Context, db DBTX, queue string) (time.Time
 }
 
 const releaseSlots = `-- name: ReleaseSlots :one
-SELECT shadows.release_slots($1::text, $2::text[], $3::bigint[])::int AS woken
+SELECT shadows.release_slots($1::text, $2::text[], $3::bigint[])::text[] AS waiting
 `
 
 type ReleaseSlotsParams struct {
@@ -539,12 +539,13 @@ type ReleaseSlotsParams struct {
 	RunIds    []int64
 }
 
-// Concurrency limits: see shadows.release_slots. One row per slot.
-func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsParams) (int32, error) {
+// Concurrency limits: see shadows.release_slots. One row per slot; returns
+// the released keys that tasks wait on.
+func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsParams) ([]string, error) {
 	row := db.QueryRow(ctx, releaseSlots, arg.Queue, arg.LimitKeys, arg.RunIds)
-	var woken int32
-	err := row.Scan(&woken)
-	return woken, err
+	var waiting []string
+	err := row.Scan(&waiting)
+	return waiting, err
 }
 
 const renewLeases = `-- name: RenewLeases :many
@@ -687,6 +688,23 @@ func (q *Queries) SetProgress(ctx context.Context, db DBTX, arg SetProgressParam
 		arg.StartedAt,
 	)
 	return err
+}
+
+const wakeFreed = `-- name: WakeFreed :one
+SELECT shadows.wake_freed($1::text, $2::text[])::int AS woken
+`
+
+type WakeFreedParams struct {
+	Queue     string
+	LimitKeys []string
+}
+
+// Concurrency limits: see shadows.wake_freed.
+func (q *Queries) WakeFreed(ctx context.Context, db DBTX, arg WakeFreedParams) (int32, error) {
+	row := db.QueryRow(ctx, wakeFreed, arg.Queue, arg.LimitKeys)
+	var woken int32
+	err := row.Scan(&woken)
+	return woken, err
 }
 
 const wakeWaiters = `-- name: WakeWaiters :one

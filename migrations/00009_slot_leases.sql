@@ -292,19 +292,21 @@ $$;
 
 DROP FUNCTION shadows.release_slots(text, text[], bigint[]);
 
--- Frees the slots of runs that ended (slot i is p_keys[i] of run p_runs[i]),
--- wakes waiters on the keys that freed up and returns how many tasks it
--- woke. Workers call it in the transaction that records the runs' outcomes,
--- before recording them, so these advisory locks come before any task row
--- lock, as in acquire_slots.
+-- Frees the slots of runs that ended (slot i is p_keys[i] of run p_runs[i])
+-- and returns those of the keys that tasks wait on. Workers call it in the
+-- transaction that records the runs' outcomes, so a slot never outlives
+-- the record of its run's end. It takes no advisory lock: freeing capacity
+-- cannot break a limit (an acquire that counted the slot just waits for
+-- the next wake-up), and a lock held until the worker's commit would make
+-- every other slot operation of the queue wait on that worker's round
+-- trips. The waiters are woken after the commit (wake_freed).
 -- +goose StatementBegin
 CREATE FUNCTION shadows.release_slots(p_queue text, p_keys text[], p_runs bigint[])
-RETURNS integer
+RETURNS text[]
 LANGUAGE plpgsql SET enable_seqscan = off AS $$
 DECLARE
     v_waiting text[];
 BEGIN
-    PERFORM shadows.lock_keys(p_queue, p_keys);
     -- Each slot found by its primary key and locked, then deleted by its
     -- physical address.
     DELETE FROM shadows.slots s
@@ -318,10 +320,21 @@ BEGIN
         ) AS x));
     SELECT array_agg(DISTINCT waiting_on) INTO v_waiting FROM shadows.tasks
     WHERE queue = p_queue AND state = 'scheduled' AND waiting_on = ANY (p_keys);
-    IF v_waiting IS NULL THEN
-        RETURN 0;
-    END IF;
-    RETURN shadows.wake_keys(p_queue, v_waiting);
+    RETURN coalesce(v_waiting, '{}');
+END
+$$;
+-- +goose StatementEnd
+
+-- Wakes, on keys whose slots were just released, as many waiting tasks as
+-- each has free slots, oldest first, and returns how many it woke. If a
+-- worker never gets to call it (it crashed after its commit), the sweep
+-- wakes them instead.
+-- +goose StatementBegin
+CREATE FUNCTION shadows.wake_freed(p_queue text, p_keys text[]) RETURNS integer
+LANGUAGE plpgsql SET enable_seqscan = off AS $$
+BEGIN
+    PERFORM shadows.lock_keys(p_queue, p_keys);
+    RETURN shadows.wake_keys(p_queue, p_keys);
 END
 $$;
 -- +goose StatementEnd
@@ -421,6 +434,7 @@ $$;
 -- +goose StatementEnd
 DROP FUNCTION shadows.renew_slots(text, text[], bigint[], float8);
 DROP FUNCTION shadows.acquire_slots(text, text[], bigint[], timestamptz[], bigint[], text[], integer[], float8);
+DROP FUNCTION shadows.wake_freed(text, text[]);
 DROP FUNCTION shadows.release_slots(text, text[], bigint[]);
 -- +goose StatementBegin
 CREATE FUNCTION shadows.release_slots(p_queue text, p_tasks text[], p_generations bigint[])

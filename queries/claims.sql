@@ -267,8 +267,13 @@ FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[],
 SELECT shadows.renew_slots(@queue::text, @limit_keys::text[], @run_ids::bigint[], @lease_seconds::float8)::int AS lost;
 
 -- name: ReleaseSlots :one
--- Concurrency limits: see shadows.release_slots. One row per slot.
-SELECT shadows.release_slots(@queue::text, @limit_keys::text[], @run_ids::bigint[])::int AS woken;
+-- Concurrency limits: see shadows.release_slots. One row per slot; returns
+-- the released keys that tasks wait on.
+SELECT shadows.release_slots(@queue::text, @limit_keys::text[], @run_ids::bigint[])::text[] AS waiting;
+
+-- name: WakeFreed :one
+-- Concurrency limits: see shadows.wake_freed.
+SELECT shadows.wake_freed(@queue::text, @limit_keys::text[])::int AS woken;
 
 -- name: WakeWaiters :one
 SELECT shadows.wake_waiters(@queue::text)::int AS woken;

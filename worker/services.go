@@ -177,10 +177,9 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 // renewal (which locks the same rows), and counts the outcomes it did not
 // record: runs whose task was replaced, or whose lease was taken over,
 // meanwhile. When runs of the batch hold concurrency slots, the slots are
-// released in the same transaction, first (their advisory locks come
-// before any task row lock, as in acquire_slots): a slot never outlives
-// the record of its run's end, and a rescheduled run never finds its
-// predecessor's slot still held.
+// released in the same transaction: a slot never outlives the record of
+// its run's end, and a rescheduled run never finds its predecessor's slot
+// still held. Tasks waiting on the freed keys are woken after the commit.
 func (f *finisher) record(ctx context.Context, batch []outcome, run func(context.Context, db.DBTX) (int64, error)) error {
 	f.flushMu.Lock()
 	defer f.flushMu.Unlock()
@@ -194,24 +193,34 @@ func (f *finisher) record(ctx context.Context, batch []outcome, run func(context
 		}
 	}
 	var recorded int64
+	var waiting []string
 	var err error
 	if len(release.LimitKeys) == 0 {
 		recorded, err = run(ctx, f.w.pool)
 	} else {
 		release.Queue = f.w.q.Name()
 		err = pgx.BeginFunc(ctx, f.w.pool, func(tx pgx.Tx) error {
-			if _, err := f.w.queries.ReleaseSlots(ctx, tx, release); err != nil {
+			var err error
+			if recorded, err = run(ctx, tx); err != nil {
 				return err
 			}
-			var err error
-			recorded, err = run(ctx, tx)
+			waiting, err = f.w.queries.ReleaseSlots(ctx, tx, release)
 			return err
 		})
 	}
-	if err == nil && recorded < int64(len(batch)) {
+	if err != nil {
+		return err
+	}
+	if recorded < int64(len(batch)) {
 		f.w.tel.Superseded.Add(ctx, int64(len(batch))-recorded, f.w.tel.Attrs(telemetry.WorkerKey.String(f.w.cfg.Name)))
 	}
-	return err
+	if len(waiting) > 0 {
+		_, err := f.w.queries.WakeFreed(ctx, f.w.pool, db.WakeFreedParams{Queue: release.Queue, LimitKeys: waiting})
+		if err != nil && ctx.Err() == nil {
+			f.w.logger.Warn("waking tasks waiting for concurrency slots failed; the sweep will wake them", "error", err)
+		}
+	}
+	return nil
 }
 
 // plainSuccesses reports whether every outcome is a success with no result
