@@ -96,9 +96,10 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 				// Completions lock rows in key order, as the worker's do.
 				slices.SortFunc(rows, func(a, b db.ClaimDueRow) int { return strings.Compare(a.Key, b.Key) })
 				p := db.CompleteTasksParams{Queue: name, TtlSeconds: ttl,
-					Keys: make([]string, len(rows)), Generations: make([]int64, len(rows)), Deliveries: make([]int32, len(rows))}
+					Keys: make([]string, len(rows)), Generations: make([]int64, len(rows)), Deliveries: make([]int32, len(rows)), StartedAts: make([]time.Time, len(rows))}
 				for i, row := range rows {
 					p.Keys[i], p.Generations[i], p.Deliveries[i] = row.Key, row.Generation, row.Deliveries
+					p.StartedAts[i] = *row.StartedAt
 				}
 				res, err := queries.CompleteTasks(pctx, pool, p)
 				if err != nil {
