@@ -13,9 +13,9 @@ import (
 
 const acquireSlots = `-- name: AcquireSlots :many
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
-FROM shadows.acquire_slots($1::text, $2::text[], $3::bigint[], $4::timestamptz[],
-                           $5::bigint[],
-                           $6::text[], $7::int[], $8::float8)
+FROM shadows.take_slots($1::text, $2::text[], $3::bigint[], $4::timestamptz[],
+                        $5::bigint[],
+                        $6::text[], $7::int[], $8::float8)
 `
 
 type AcquireSlotsParams struct {
@@ -34,7 +34,8 @@ type AcquireSlotsRow struct {
 	WaitingOn string
 }
 
-// Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
+// Concurrency limits: see shadows.take_slots and shadows.acquire_slots.
+// Returns the tasks parked.
 func (q *Queries) AcquireSlots(ctx context.Context, db DBTX, arg AcquireSlotsParams) ([]AcquireSlotsRow, error) {
 	rows, err := db.Query(ctx, acquireSlots,
 		arg.Queue,

@@ -252,11 +252,12 @@ WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bi
   AND started_at = @started_at::timestamptz AND state = 'running';
 
 -- name: AcquireSlots :many
--- Concurrency limits: see shadows.acquire_slots. Returns the tasks parked.
+-- Concurrency limits: see shadows.take_slots and shadows.acquire_slots.
+-- Returns the tasks parked.
 SELECT parked_key::text AS key, parked_on::text AS waiting_on
-FROM shadows.acquire_slots(@queue::text, @tasks::text[], @generations::bigint[], @started_ats::timestamptz[],
-                           @run_ids::bigint[],
-                           @limit_keys::text[], @maxes::int[], @lease_seconds::float8);
+FROM shadows.take_slots(@queue::text, @tasks::text[], @generations::bigint[], @started_ats::timestamptz[],
+                        @run_ids::bigint[],
+                        @limit_keys::text[], @maxes::int[], @lease_seconds::float8);
 
 -- name: RenewSlots :one
 -- Extends the leases of the concurrency slots held by this worker's runs
