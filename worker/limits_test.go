@@ -633,3 +633,66 @@ func TestParkingOnlyTheAskingRunAndSweepingLapsedSlots(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []int64{1}, left)
 }
+
+// take_slots grants a batch outright only when every key has room for all
+// of the batch's runs and nobody waits on it; otherwise acquire_slots
+// decides, run by run: a key the batch itself would overfill admits the
+// first run and parks the next, and a run asking for a key with waiters
+// queues behind them even when a slot is free (the waiter is woken).
+func TestTakeSlotsGrantsOnlyWhenEveryKeyHasRoom(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	started := time.Now().UTC().Truncate(time.Microsecond)
+	for _, key := range []string{"a1", "a2", "a3", "a4", "b1", "b2"} {
+		_, err := b.q.Add(ctx, Backup{DB: "a"}, &queue.AddOpts{Key: key})
+		require.NoError(t, err)
+		_, err = b.pool.Exec(ctx, `UPDATE shadows.tasks SET state = 'running', worker = 'w', deliveries = 1,
+			started_at = $3, lease_expires_at = now() + interval '1 hour' WHERE queue = $1 AND key = $2`,
+			b.q.Name(), key, started)
+		require.NoError(t, err)
+	}
+	take := func(tasks []string, runs []int64, key string, max int32) []string {
+		t.Helper()
+		n := len(tasks)
+		gens, starts, keys, maxes := make([]int64, n), make([]time.Time, n), make([]string, n), make([]int32, n)
+		for i := range n {
+			gens[i], starts[i], keys[i], maxes[i] = 1, started, key, max
+		}
+		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.take_slots($1, $2, $3, $4, $5, $6, $7, 60)`,
+			b.q.Name(), tasks, gens, starts, runs, keys, maxes)
+		require.NoError(t, err)
+		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		return parked
+	}
+	held := func(key string) int {
+		t.Helper()
+		var n int
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT coalesce(sum(running), 0) FROM shadows.concurrency
+			WHERE queue = $1 AND limit_key = $2`, b.q.Name(), key).Scan(&n))
+		return n
+	}
+	waitingOn := func(key string) *string {
+		t.Helper()
+		var w *string
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT waiting_on FROM shadows.tasks WHERE queue = $1 AND key = $2`,
+			b.q.Name(), key).Scan(&w))
+		return w
+	}
+
+	require.Empty(t, take([]string{"a1", "a2"}, []int64{1, 2}, "k", 2), "room for both")
+	require.Equal(t, 2, held("k"))
+	require.Equal(t, []string{"a3"}, take([]string{"a3"}, []int64{3}, "k", 2), "full")
+	require.Equal(t, "k", *waitingOn("a3"))
+
+	_, err := b.pool.Exec(ctx, `SELECT shadows.release_slots($1, $2, $3)`, b.q.Name(), []string{"k"}, []int64{1})
+	require.NoError(t, err)
+	require.Equal(t, []string{"a4"}, take([]string{"a4"}, []int64{4}, "k", 2), "a slot is free, but a3 waits for it")
+	require.Nil(t, waitingOn("a3"), "the waiter is woken to take the free slot")
+	require.Equal(t, "k", *waitingOn("a4"))
+	require.Equal(t, 1, held("k"))
+
+	require.Equal(t, []string{"b2"}, take([]string{"b1", "b2"}, []int64{5, 6}, "z", 1), "the batch alone overfills z")
+	require.Equal(t, 1, held("z"))
+}
