@@ -21,10 +21,14 @@ const finishBatch = 1000
 // finisher records task outcomes in batches: whatever ended while the
 // previous batch was being written goes out in the next single statement.
 type finisher struct {
-	w        *Worker
-	kick     chan struct{}
-	mu       sync.Mutex
-	pending  []outcome
+	w       *Worker
+	kick    chan struct{}
+	mu      sync.Mutex
+	pending []outcome
+	// spare is the array of the last batch written, emptied, for pending
+	// to grow into next: outcomes are large, and regrowing pending from
+	// nothing for every batch was a quarter of the worker's allocations.
+	spare    []outcome
 	writing  bool
 	flushMu  sync.Mutex // held while writing; lease renewal takes it too
 	failures int
@@ -97,6 +101,9 @@ func (f *finisher) flush(ctx context.Context) bool {
 	n := min(len(f.pending), finishBatch)
 	batch := f.pending[:n:n]
 	f.pending = f.pending[n:]
+	if len(f.pending) == 0 && f.spare != nil {
+		f.pending, f.spare = f.spare, nil
+	}
 	f.writing = n > 0
 	f.mu.Unlock()
 	if n == 0 {
@@ -116,6 +123,9 @@ func (f *finisher) flush(ctx context.Context) bool {
 	f.writing = false
 	if err != nil {
 		f.pending = append(batch, f.pending...)
+	} else if f.spare == nil {
+		clear(batch) // no outcome stays reachable from the spare array
+		f.spare = batch[:0]
 	}
 	f.mu.Unlock()
 	if err != nil {
