@@ -98,6 +98,10 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 				p := db.CompleteTasksParams{Queue: name, TtlSeconds: ttl,
 					Keys: make([]string, len(rows)), Generations: make([]int64, len(rows)), Deliveries: make([]int32, len(rows)), StartedAts: make([]time.Time, len(rows))}
 				for i, row := range rows {
+					if row.StartedAt == nil { // a row a strike set aside: the sql queue has no strikes
+						fail(fmt.Errorf("sql: claim returned struck task %s", row.Key))
+						return
+					}
 					p.Keys[i], p.Generations[i], p.Deliveries[i] = row.Key, row.Generation, row.Deliveries
 					p.StartedAts[i] = *row.StartedAt
 				}
