@@ -652,19 +652,31 @@ func TestTakeSlotsGrantsOnlyWhenEveryKeyHasRoom(t *testing.T) {
 			b.q.Name(), key, started)
 		require.NoError(t, err)
 	}
-	take := func(tasks []string, runs []int64, key string, max int32) []string {
+	// take also reports whether take_slots handed the batch to
+	// acquire_slots (counted by the server's per-transaction function
+	// statistics), so the fast path cannot silently stop being taken.
+	take := func(tasks []string, runs []int64, key string, max int32) (parked []string, fellBack bool) {
 		t.Helper()
 		n := len(tasks)
 		gens, starts, keys, maxes := make([]int64, n), make([]time.Time, n), make([]string, n), make([]int32, n)
 		for i := range n {
 			gens[i], starts[i], keys[i], maxes[i] = 1, started, key, max
 		}
-		rows, err := b.pool.Query(ctx, `SELECT parked_key FROM shadows.take_slots($1, $2, $3, $4, $5, $6, $7, 60)`,
+		tx, err := b.pool.Begin(ctx)
+		require.NoError(t, err)
+		defer tx.Rollback(ctx)
+		_, err = tx.Exec(ctx, `SET LOCAL track_functions = 'pl'`)
+		require.NoError(t, err)
+		rows, err := tx.Query(ctx, `SELECT parked_key FROM shadows.take_slots($1, $2, $3, $4, $5, $6, $7, 60)`,
 			b.q.Name(), tasks, gens, starts, runs, keys, maxes)
 		require.NoError(t, err)
-		parked, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		parked, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)
-		return parked
+		var calls int64
+		require.NoError(t, tx.QueryRow(ctx, `SELECT coalesce(pg_stat_get_xact_function_calls(
+			'shadows.acquire_slots(text, text[], bigint[], timestamptz[], bigint[], text[], integer[], float8)'::regprocedure), 0)`).Scan(&calls))
+		require.NoError(t, tx.Commit(ctx))
+		return parked, calls > 0
 	}
 	held := func(key string) int {
 		t.Helper()
@@ -681,18 +693,26 @@ func TestTakeSlotsGrantsOnlyWhenEveryKeyHasRoom(t *testing.T) {
 		return w
 	}
 
-	require.Empty(t, take([]string{"a1", "a2"}, []int64{1, 2}, "k", 2), "room for both")
+	parked, fellBack := take([]string{"a1", "a2"}, []int64{1, 2}, "k", 2)
+	require.Empty(t, parked, "room for both")
+	require.False(t, fellBack, "an uncontended batch is decided by the fast path")
 	require.Equal(t, 2, held("k"))
-	require.Equal(t, []string{"a3"}, take([]string{"a3"}, []int64{3}, "k", 2), "full")
+	parked, fellBack = take([]string{"a3"}, []int64{3}, "k", 2)
+	require.Equal(t, []string{"a3"}, parked, "full")
+	require.True(t, fellBack)
 	require.Equal(t, "k", *waitingOn("a3"))
 
 	_, err := b.pool.Exec(ctx, `SELECT shadows.release_slots($1, $2, $3)`, b.q.Name(), []string{"k"}, []int64{1})
 	require.NoError(t, err)
-	require.Equal(t, []string{"a4"}, take([]string{"a4"}, []int64{4}, "k", 2), "a slot is free, but a3 waits for it")
+	parked, fellBack = take([]string{"a4"}, []int64{4}, "k", 2)
+	require.Equal(t, []string{"a4"}, parked, "a slot is free, but a3 waits for it")
+	require.True(t, fellBack)
 	require.Nil(t, waitingOn("a3"), "the waiter is woken to take the free slot")
 	require.Equal(t, "k", *waitingOn("a4"))
 	require.Equal(t, 1, held("k"))
 
-	require.Equal(t, []string{"b2"}, take([]string{"b1", "b2"}, []int64{5, 6}, "z", 1), "the batch alone overfills z")
+	parked, fellBack = take([]string{"b1", "b2"}, []int64{5, 6}, "z", 1)
+	require.Equal(t, []string{"b2"}, parked, "the batch alone overfills z")
+	require.True(t, fellBack)
 	require.Equal(t, 1, held("z"))
 }
