@@ -507,14 +507,17 @@ func TestLongRunKeepsItsSlot(t *testing.T) {
 		occ.enter(task.Args.DB)
 		occ.record("start " + task.Key)
 		if task.Key == "long" {
-			time.Sleep(1500 * time.Millisecond)
+			time.Sleep(3 * time.Second)
 		}
 		occ.record("end " + task.Key)
 		occ.leave(task.Args.DB)
 		return nil
 	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
 	b.cfg.Concurrency = 4
-	b.cfg.RedeliveryTimeout = 400 * time.Millisecond
+	// Short enough for the run to outlast three leases, long enough that
+	// the worker's own operations (bounded at half a lease) finish on a
+	// loaded machine under -race.
+	b.cfg.RedeliveryTimeout = time.Second
 	ctx := t.Context()
 	_, err := b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "long"})
 	require.NoError(t, err)

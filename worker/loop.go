@@ -39,7 +39,7 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 			// A claim that has started runs to its end even if ctx is
 			// cancelled meanwhile: tasks the database handed over must be
 			// run (drained), not left running under a lease nobody renews.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.RedeliveryTimeout/4)
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout())
 			n, err := w.claim(cctx, free, sweep, tasks)
 			cancel()
 			if err != nil {

@@ -193,7 +193,7 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 func (f *finisher) record(ctx context.Context, batch []outcome, run func(context.Context, db.DBTX) (int64, error)) error {
 	f.flushMu.Lock()
 	defer f.flushMu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, f.w.cfg.RedeliveryTimeout/4)
+	ctx, cancel := context.WithTimeout(ctx, f.w.opTimeout())
 	defer cancel()
 	var release db.ReleaseSlotsParams
 	for _, o := range batch {
@@ -343,7 +343,7 @@ func (w *Worker) renewLeases(ctx context.Context) {
 		case <-w.renewNow:
 		}
 		for failures := 0; ctx.Err() == nil; failures++ {
-			err := w.renewOnce(ctx, every)
+			err := w.renewOnce(ctx, w.opTimeout())
 			if err == nil {
 				break
 			}

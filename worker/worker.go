@@ -368,6 +368,14 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // leaseSeconds is the lease a claim or renewal grants.
 func (w *Worker) leaseSeconds() float64 { return w.cfg.RedeliveryTimeout.Seconds() }
 
+// opTimeout bounds one database operation of the worker's own (a claim
+// with its admission, an outcome batch, a lease renewal). Half a lease: an
+// operation that has not returned by then is stuck, and the leases it
+// concerns still have time to be renewed or recorded by a retry. A tighter
+// bound fails operations that are merely slow on a loaded machine, and a
+// claim abandoned after its rows were taken leaves them to be redelivered.
+func (w *Worker) opTimeout() time.Duration { return w.cfg.RedeliveryTimeout / 2 }
+
 // sweepInterval is how often lapsed leases are looked for.
 func (w *Worker) sweepInterval() time.Duration {
 	return min(w.cfg.RedeliveryTimeout/4, time.Second)

@@ -78,6 +78,11 @@ func setup(t *testing.T) *bundle {
 	qcfg := queue.Config{Name: pgtest.QueueName(t), Logger: logger}
 	q, err := queue.New(pool, qcfg)
 	require.NoError(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("worker log:\n%s", logs.String())
+		}
+	})
 	return &bundle{
 		pool: pool,
 		q:    q,
