@@ -691,6 +691,63 @@ func (q *Queries) SetProgress(ctx context.Context, db DBTX, arg SetProgressParam
 	return err
 }
 
+const unclaim = `-- name: Unclaim :execrows
+WITH mine AS (
+    SELECT t.tid, t.cancel_requested
+    FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
+                 unnest($3::timestamptz[]) AS started_at) AS u
+    JOIN LATERAL (
+        SELECT r.ctid::tid AS tid, r.generation, r.started_at, r.state, r.worker, r.cancel_requested
+        FROM shadows.tasks r
+        WHERE r.queue = $4::text AND r.key = u.key
+        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
+        FOR UPDATE
+    ) AS t ON true
+    WHERE t.generation = u.generation AND t.started_at = u.started_at
+      AND t.state = 'running' AND t.worker = $5::text
+), cancelled AS (
+    UPDATE shadows.tasks t
+    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+        expires_at = now() + make_interval(secs => $6::float8)
+    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE cancel_requested))
+)
+UPDATE shadows.tasks t
+SET state = 'scheduled', worker = NULL, started_at = NULL, lease_expires_at = NULL,
+    deliveries = greatest(t.deliveries - 1, 0)
+WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE NOT cancel_requested))
+`
+
+type UnclaimParams struct {
+	Keys        []string
+	Generations []int64
+	StartedAts  []time.Time
+	Queue       string
+	Worker      string
+	TtlSeconds  float64
+}
+
+// Hands back claimed runs that could not be admitted because taking their
+// concurrency slots failed: each becomes due again as it was before its
+// claim (the delivery is not counted), instead of waiting a whole
+// redelivery timeout for its lease to lapse. A run asked to cancel since its
+// claim ends cancelled. Only the claimed run is touched (generation and
+// claim time, this worker's), found by primary key and locked in the order
+// given (the caller sorts by key, as for lease renewal).
+func (q *Queries) Unclaim(ctx context.Context, db DBTX, arg UnclaimParams) (int64, error) {
+	result, err := db.Exec(ctx, unclaim,
+		arg.Keys,
+		arg.Generations,
+		arg.StartedAts,
+		arg.Queue,
+		arg.Worker,
+		arg.TtlSeconds,
+	)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const wakeFreed = `-- name: WakeFreed :one
 SELECT shadows.wake_freed($1::text, $2::text[])::int AS woken
 `

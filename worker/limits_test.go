@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/shadows-go/shadows/db"
 	"github.com/shadows-go/shadows/queue"
 	"github.com/shadows-go/shadows/worker"
 )
@@ -718,4 +721,139 @@ func TestTakeSlotsGrantsOnlyWhenEveryKeyHasRoom(t *testing.T) {
 	require.Equal(t, []string{"b2"}, parked, "the batch alone overfills z")
 	require.True(t, fellBack)
 	require.Equal(t, 1, held("z"))
+}
+
+// failSlotInserts makes the next n slot inserts of b's queue fail, as a
+// lost connection or a server error would, and reports how many inserts
+// were tried.
+func failSlotInserts(t *testing.T, b *bundle, n int) (tried func() int64) {
+	t.Helper()
+	ctx := t.Context()
+	name := fmt.Sprintf("fail_slots_%x", rand.Uint64())
+	queueLit := strings.ReplaceAll(b.q.Name(), "'", "''")
+	for _, stmt := range []string{
+		`CREATE SEQUENCE public.` + name,
+		`CREATE FUNCTION public.` + name + `() RETURNS trigger LANGUAGE plpgsql AS $$
+		 BEGIN
+		     IF NEW.queue = '` + queueLit + `' AND nextval('public.` + name + `') <= ` + fmt.Sprint(n) + ` THEN
+		         RAISE EXCEPTION 'injected: taking a slot fails';
+		     END IF;
+		     RETURN NEW;
+		 END $$`,
+		`CREATE TRIGGER ` + name + ` BEFORE INSERT ON shadows.slots FOR EACH ROW EXECUTE FUNCTION public.` + name + `()`,
+	} {
+		_, err := b.pool.Exec(ctx, stmt)
+		require.NoError(t, err)
+	}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_, _ = b.pool.Exec(ctx, `DROP TRIGGER IF EXISTS `+name+` ON shadows.slots`)
+		_, _ = b.pool.Exec(ctx, `DROP FUNCTION IF EXISTS public.`+name+`()`)
+		_, _ = b.pool.Exec(ctx, `DROP SEQUENCE IF EXISTS public.`+name)
+	})
+	return func() int64 {
+		var last int64
+		var called bool
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT last_value, is_called FROM public.`+name).Scan(&last, &called))
+		if !called {
+			return 0
+		}
+		return last
+	}
+}
+
+// When taking a run's concurrency slots fails, the worker hands the run
+// back and it runs soon after, as its first delivery: it does not sit out a
+// whole redelivery timeout (five minutes by default) under a lease nobody
+// renews.
+func TestFailedSlotTakingHandsTheTaskBack(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tried := failSlotInserts(t, b, 1)
+	var runs atomic.Int32
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		runs.Add(1)
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "limited"})
+	require.NoError(t, err)
+	b.start(t)
+
+	ex, err := b.wait(t, "limited")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.False(t, ex.Redelivered, "a hand-back is not a delivery")
+	require.Equal(t, int32(1), runs.Load())
+	require.GreaterOrEqual(t, tried(), int64(2), "the first slot insert failed, a later one succeeded")
+	require.Contains(t, b.logs.String(), "the tasks were handed back")
+	var held int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&held))
+	require.Zero(t, held)
+}
+
+// Unclaim touches only the claimed run of this worker: a run asked to
+// cancel since its claim ends cancelled, a run named with another claim
+// time or worker is left alone, and the rest become due again with their
+// delivery uncounted.
+func TestUnclaimHandsBackOnlyTheClaimedRuns(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	for _, key := range []string{"back", "cancelled", "other-time", "other-worker"} {
+		_, err := b.q.Add(ctx, Backup{DB: key}, &queue.AddOpts{Key: key})
+		require.NoError(t, err)
+	}
+	q := db.New()
+	claimed, err := q.ClaimDue(ctx, b.pool, db.ClaimDueParams{
+		Queue: b.q.Name(), Worker: "w1", MaxRows: 10, LeaseSeconds: 60, TtlSeconds: 60,
+	})
+	require.NoError(t, err)
+	require.Len(t, claimed, 4)
+	require.NoError(t, b.q.Cancel(ctx, "cancelled"))
+	p := db.UnclaimParams{Queue: b.q.Name(), Worker: "w1", TtlSeconds: 60}
+	for _, r := range claimed {
+		started := *r.StartedAt
+		worker := "w1"
+		switch r.Key {
+		case "other-time":
+			started = started.Add(time.Microsecond)
+		case "other-worker":
+			worker = "w2"
+		}
+		if worker != "w1" {
+			continue // named by another worker's hand-back below
+		}
+		p.Keys = append(p.Keys, r.Key)
+		p.Generations = append(p.Generations, r.Generation)
+		p.StartedAts = append(p.StartedAts, started)
+	}
+	n, err := q.Unclaim(ctx, b.pool, p)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), n, "one run handed back (the cancelled one ends instead)")
+	for _, r := range claimed {
+		if r.Key == "other-worker" {
+			n, err := q.Unclaim(ctx, b.pool, db.UnclaimParams{Queue: b.q.Name(), Worker: "w2", TtlSeconds: 60,
+				Keys: []string{r.Key}, Generations: []int64{r.Generation}, StartedAts: []time.Time{*r.StartedAt}})
+			require.NoError(t, err)
+			require.Zero(t, n, "w2 did not claim it")
+		}
+	}
+	want := map[string]struct {
+		state      queue.State
+		deliveries int
+	}{
+		"back":         {queue.StateScheduled, 0},
+		"cancelled":    {queue.StateCancelled, 1},
+		"other-time":   {queue.StateRunning, 1},
+		"other-worker": {queue.StateRunning, 1},
+	}
+	for key, w := range want {
+		var state string
+		var deliveries int
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT state::text, deliveries FROM shadows.tasks WHERE queue = $1 AND key = $2`,
+			b.q.Name(), key).Scan(&state, &deliveries))
+		require.Equal(t, string(w.state), state, key)
+		require.Equal(t, w.deliveries, deliveries, key)
+	}
 }

@@ -8,8 +8,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/shadows-go/shadows/db"
 )
@@ -167,7 +170,8 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			TtlSeconds: w.ttlSeconds(),
 		})
 		if err != nil {
-			w.startAll(w.admit(ctx, claimed), tasks) // already claimed: run them
+			admitted, _ := w.admit(ctx, claimed) // already claimed: run them
+			w.startAll(admitted, tasks)
 			return len(claimed), err
 		}
 		for _, r := range rows {
@@ -179,14 +183,17 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 		}
 	}
 	n := len(claimed)
-	w.startAll(w.admit(ctx, claimed), tasks)
-	return n, nil
+	admitted, err := w.admit(ctx, claimed)
+	w.startAll(admitted, tasks)
+	return n, err
 }
 
 // admit takes the concurrency slots the claimed tasks need and returns those
 // that may start. A task whose limit is full has been parked by the database
-// and is dropped here; it is woken when a slot frees.
-func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
+// and is dropped here; it is woken when a slot frees. If the slots cannot be
+// taken, the limited tasks are handed back (see unclaim) and the error is
+// returned, so the claim loop backs off before claiming again.
+func (w *Worker) admit(ctx context.Context, claimed []*execution) ([]*execution, error) {
 	var p db.AcquireSlotsParams
 	for _, x := range claimed {
 		reg := w.reg.lookup(x.Name)
@@ -209,19 +216,31 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 		}
 	}
 	if len(p.Tasks) == 0 {
-		return claimed
+		return claimed, nil
 	}
 	p.Queue = w.q.Name()
 	p.LeaseSeconds = w.leaseSeconds()
 	parked, err := w.queries.AcquireSlots(ctx, w.pool, p)
 	if err != nil {
-		// The limited tasks stay claimed without running; their leases
-		// lapse and they are delivered again.
-		w.logger.Warn("taking concurrency slots failed; limited tasks will be redelivered", "error", err)
-		return slices.DeleteFunc(claimed, func(x *execution) bool { return len(x.slots) > 0 })
+		var limited []*execution
+		claimed = slices.DeleteFunc(claimed, func(x *execution) bool {
+			if len(x.slots) > 0 {
+				limited = append(limited, x)
+				return true
+			}
+			return false
+		})
+		if uerr := w.unclaim(ctx, limited); uerr != nil {
+			w.logger.Warn("taking concurrency slots failed, and so did handing the tasks back; they will be redelivered when their leases lapse",
+				"error", err, "hand_back_error", uerr, "tasks", len(limited))
+		} else {
+			w.logger.Warn("taking concurrency slots failed; the tasks were handed back and will be claimed again",
+				"error", err, "tasks", len(limited))
+		}
+		return claimed, fmt.Errorf("taking concurrency slots: %w", err)
 	}
 	if len(parked) == 0 {
-		return claimed
+		return claimed, nil
 	}
 	waiting := make(map[string]string, len(parked))
 	for _, r := range parked {
@@ -233,7 +252,48 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) []*execution {
 			w.logger.Debug("task waits for a concurrency slot", "task", x.Name, "key", x.Key, "limit", key)
 		}
 		return ok
+	}), nil
+}
+
+// unclaim hands back runs whose concurrency slots could not be taken: they
+// become due again (their delivery not counted) rather than wait a whole
+// redelivery timeout. Slots the failed call may have taken after all (its
+// commit can succeed while the reply is lost) are released in the same
+// transaction, so none outlives the hand-back. It gets its own time bound:
+// the claim's may be what ran out.
+func (w *Worker) unclaim(ctx context.Context, runs []*execution) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout())
+	defer cancel()
+	slices.SortFunc(runs, func(a, b *execution) int { return strings.Compare(a.Key, b.Key) })
+	p := db.UnclaimParams{Queue: w.q.Name(), Worker: w.cfg.Name, TtlSeconds: w.ttlSeconds()}
+	release := db.ReleaseSlotsParams{Queue: w.q.Name()}
+	for _, x := range runs {
+		p.Keys = append(p.Keys, x.Key)
+		p.Generations = append(p.Generations, x.generation)
+		p.StartedAts = append(p.StartedAts, x.started)
+		for _, s := range x.slots {
+			release.LimitKeys = append(release.LimitKeys, s.key)
+			release.RunIds = append(release.RunIds, x.runID)
+		}
+	}
+	var waiting []string
+	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
+		if _, err := w.queries.Unclaim(ctx, tx, p); err != nil {
+			return err
+		}
+		var err error
+		waiting, err = w.queries.ReleaseSlots(ctx, tx, release)
+		return err
 	})
+	if err != nil {
+		return err
+	}
+	if len(waiting) > 0 {
+		if _, err := w.queries.WakeFreed(ctx, w.pool, db.WakeFreedParams{Queue: release.Queue, LimitKeys: waiting}); err != nil {
+			w.logger.Warn("waking tasks waiting for concurrency slots failed; the sweep will wake them", "error", err)
+		}
+	}
+	return nil
 }
 
 // newRunID draws the id a run's concurrency slots are held under: positive

@@ -43,7 +43,9 @@ type Config struct {
 
 	// RedeliveryTimeout is the lease on a running task: the worker renews it
 	// every quarter of this while the task runs, and if the worker dies any
-	// other worker runs the task again once the lease lapses. Workers of one
+	// other worker runs the task again once the lease lapses. Each of the
+	// worker's own database operations (a claim, an outcome batch, a
+	// renewal) is abandoned and retried after half of it. Workers of one
 	// queue should agree on it. Defaults to 5 minutes.
 	RedeliveryTimeout time.Duration
 
