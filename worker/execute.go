@@ -194,10 +194,10 @@ func (w *Worker) execute(f *inflight) {
 	if reg == nil {
 		reg = w.fallback
 	}
-	// A logger that drops even errors needs no attributes (With allocates).
+	// A logger that drops even errors needs no attributes.
 	x.Logger = w.logger
 	if w.logger.Enabled(f.ctx, slog.LevelError) {
-		x.Logger = w.logger.With("task", x.Name, "key", x.Key, "attempt", x.Attempt)
+		x.Logger = newRunLogger(w.logger, x.Name, x.Key, x.Attempt)
 	}
 	out := outcome{key: runKey(x), deliveries: x.deliveries, slots: x.slots, runID: x.runID}
 	policy := reg.policy
