@@ -513,6 +513,22 @@ func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParam
 	return i, err
 }
 
+const lockSlotKeys = `-- name: LockSlotKeys :exec
+SELECT shadows.lock_keys($1::text, $2::text[])
+`
+
+type LockSlotKeysParams struct {
+	Queue     string
+	LimitKeys []string
+}
+
+// Concurrency limits: takes the slot locks of the keys (see
+// shadows.lock_keys) for the rest of the transaction.
+func (q *Queries) LockSlotKeys(ctx context.Context, db DBTX, arg LockSlotKeysParams) error {
+	_, err := db.Exec(ctx, lockSlotKeys, arg.Queue, arg.LimitKeys)
+	return err
+}
+
 const nextDue = `-- name: NextDue :one
 SELECT run_at
 FROM shadows.tasks
@@ -707,7 +723,7 @@ WITH mine AS (
       AND t.state = 'running' AND t.worker = $5::text
 ), cancelled AS (
     UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+    SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => $6::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE cancel_requested))
 )
@@ -730,7 +746,7 @@ type UnclaimParams struct {
 // concurrency slots failed: each becomes due again as it was before its
 // claim (the delivery is not counted), instead of waiting a whole
 // redelivery timeout for its lease to lapse. A run asked to cancel since its
-// claim ends cancelled. Only the claimed run is touched (generation and
+// claim ends cancelled (at the cancel's time). Only the claimed run is touched (generation and
 // claim time, this worker's), found by primary key and locked in the order
 // given (the caller sorts by key, as for lease renewal).
 func (q *Queries) Unclaim(ctx context.Context, db DBTX, arg UnclaimParams) (int64, error) {

@@ -100,7 +100,7 @@ RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
 -- concurrency slots failed: each becomes due again as it was before its
 -- claim (the delivery is not counted), instead of waiting a whole
 -- redelivery timeout for its lease to lapse. A run asked to cancel since its
--- claim ends cancelled. Only the claimed run is touched (generation and
+-- claim ends cancelled (at the cancel's time). Only the claimed run is touched (generation and
 -- claim time, this worker's), found by primary key and locked in the order
 -- given (the caller sorts by key, as for lease renewal).
 WITH mine AS (
@@ -118,7 +118,7 @@ WITH mine AS (
       AND t.state = 'running' AND t.worker = @worker::text
 ), cancelled AS (
     UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = now(), lease_expires_at = NULL,
+    SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => @ttl_seconds::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE cancel_requested))
 )
@@ -126,6 +126,11 @@ UPDATE shadows.tasks t
 SET state = 'scheduled', worker = NULL, started_at = NULL, lease_expires_at = NULL,
     deliveries = greatest(t.deliveries - 1, 0)
 WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE NOT cancel_requested));
+
+-- name: LockSlotKeys :exec
+-- Concurrency limits: takes the slot locks of the keys (see
+-- shadows.lock_keys) for the rest of the transaction.
+SELECT shadows.lock_keys(@queue::text, @limit_keys::text[]);
 
 -- name: NextDue :one
 -- When the earliest scheduled task becomes due, so an idle worker can sleep

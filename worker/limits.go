@@ -65,6 +65,11 @@ func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage) ([]
 	return out, nil
 }
 
+// maxRuleKeyBytes bounds a limit or admission key: the keys are indexed,
+// and an index entry cannot exceed about a third of a page. A task whose
+// argument value makes a longer key fails with an error saying so.
+const maxRuleKeyBytes = 1000
+
 // ruleKey is the key of a limit or admission rule: "[scope/]arg:value" per
 // argument value, "[scope/]task:name" for the task as a whole. An argument
 // missing from the arguments is an error that names it and lists those
@@ -85,6 +90,9 @@ func ruleKey(what, task, arg, scope string, fields *argReader) (string, error) {
 	}
 	if scope != "" {
 		key = scope + "/" + key
+	}
+	if len(key) > maxRuleKeyBytes {
+		return "", fmt.Errorf("%s key for argument %q is %d bytes long; at most %d fit", what, arg, len(key), maxRuleKeyBytes)
 	}
 	return key, nil
 }

@@ -723,20 +723,29 @@ func TestTakeSlotsGrantsOnlyWhenEveryKeyHasRoom(t *testing.T) {
 	require.Equal(t, 1, held("z"))
 }
 
-// failSlotInserts makes the next n slot inserts of b's queue fail, as a
-// lost connection or a server error would, and reports how many inserts
-// were tried.
-func failSlotInserts(t *testing.T, b *bundle, n int) (tried func() int64) {
+// failSlotInserts makes slot inserts of b's queue that match cond (SQL on
+// NEW) fail with SQLSTATE code, the first n of them (all when n is 0), as
+// a lost connection, a deadlock or a bad request would. It reports how
+// many matching inserts were tried.
+func failSlotInserts(t *testing.T, b *bundle, cond string, n int, code string) (tried func() int64) {
 	t.Helper()
 	ctx := t.Context()
 	name := fmt.Sprintf("fail_slots_%x", rand.Uint64())
 	queueLit := strings.ReplaceAll(b.q.Name(), "'", "''")
+	limit := "true"
+	if n > 0 {
+		limit = fmt.Sprintf("n <= %d", n)
+	}
 	for _, stmt := range []string{
 		`CREATE SEQUENCE public.` + name,
 		`CREATE FUNCTION public.` + name + `() RETURNS trigger LANGUAGE plpgsql AS $$
+		 DECLARE n bigint;
 		 BEGIN
-		     IF NEW.queue = '` + queueLit + `' AND nextval('public.` + name + `') <= ` + fmt.Sprint(n) + ` THEN
-		         RAISE EXCEPTION 'injected: taking a slot fails';
+		     IF NEW.queue = '` + queueLit + `' AND (` + cond + `) THEN
+		         n := nextval('public.` + name + `');
+		         IF ` + limit + ` THEN
+		             RAISE EXCEPTION 'injected: taking a slot fails' USING ERRCODE = '` + code + `';
+		         END IF;
 		     END IF;
 		     RETURN NEW;
 		 END $$`,
@@ -762,34 +771,96 @@ func failSlotInserts(t *testing.T, b *bundle, n int) (tried func() int64) {
 	}
 }
 
-// When taking a run's concurrency slots fails, the worker hands the run
-// back and it runs soon after, as its first delivery: it does not sit out a
-// whole redelivery timeout (five minutes by default) under a lease nobody
-// renews.
+type Plain struct {
+	N int `json:"n"`
+}
+
+func (Plain) TaskName() string { return "plain" }
+
+// When taking a batch's concurrency slots fails for a passing reason (here
+// a serialisation failure), the worker starts the batch's other tasks and
+// hands the limited ones back; they run soon after, as their first
+// delivery, instead of sitting out a whole redelivery timeout (five minutes
+// by default) under leases nobody renews.
 func TestFailedSlotTakingHandsTheTaskBack(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	tried := failSlotInserts(t, b, 1)
+	tried := failSlotInserts(t, b, "true", 1, "40001")
 	var runs atomic.Int32
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
 		runs.Add(1)
 		return nil
 	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Plain]) error { return nil }, worker.Policy{})
 	ctx := t.Context()
 	_, err := b.q.Add(ctx, Backup{DB: "main"}, &queue.AddOpts{Key: "limited"})
 	require.NoError(t, err)
+	_, err = b.q.Add(ctx, Plain{N: 1}, &queue.AddOpts{Key: "plain"})
+	require.NoError(t, err)
 	b.start(t)
 
-	ex, err := b.wait(t, "limited")
-	require.NoError(t, err)
-	require.Equal(t, queue.StateCompleted, ex.State)
-	require.False(t, ex.Redelivered, "a hand-back is not a delivery")
+	for _, key := range []string{"limited", "plain"} {
+		ex, err := b.wait(t, key)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State, key)
+		require.False(t, ex.Redelivered, "%s: a hand-back is not a delivery", key)
+	}
 	require.Equal(t, int32(1), runs.Load())
 	require.GreaterOrEqual(t, tried(), int64(2), "the first slot insert failed, a later one succeeded")
 	require.Contains(t, b.logs.String(), "the tasks were handed back")
 	var held int
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.slots WHERE queue = $1`, b.q.Name()).Scan(&held))
 	require.Zero(t, held)
+}
+
+// A task whose own slot request fails every time (an error that is not
+// about the moment) fails with that error; it does not hold up the limited
+// tasks claimed with it, nor come back again and again.
+func TestSlotRequestThatAlwaysFailsFailsOnlyItsTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	failSlotInserts(t, b, "NEW.limit_key = 'db:poison'", 0, "22023")
+	var runs atomic.Int32
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		runs.Add(1)
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	ctx := t.Context()
+	for _, db := range []string{"poison", "good", "other"} {
+		_, err := b.q.Add(ctx, Backup{DB: db}, &queue.AddOpts{Key: db})
+		require.NoError(t, err)
+	}
+	b.start(t)
+
+	ex, err := b.wait(t, "poison")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "taking concurrency slots")
+	require.Contains(t, ex.Error, "injected")
+	for _, key := range []string{"good", "other"} {
+		ex, err := b.wait(t, key)
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State, key)
+		require.False(t, ex.Redelivered, key)
+	}
+	require.Equal(t, int32(2), runs.Load(), "the poisoned task's handler never ran")
+}
+
+// A limit key too long for the slots table's index fails its task with an
+// error saying so, before any slot is asked for.
+func TestOverlongLimitKeyFailsTheTask(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error { return nil },
+		worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Backup{DB: strings.Repeat("x", 8000)}, &queue.AddOpts{Key: "long"})
+	require.NoError(t, err)
+	b.start(t)
+	ex, err := b.wait(t, "long")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "at most 1000 fit")
 }
 
 // Unclaim touches only the claimed run of this worker: a run asked to

@@ -1,8 +1,10 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/shadows-go/shadows/db"
 )
@@ -143,7 +146,7 @@ func resetTimer(t *time.Timer, d time.Duration) {
 }
 
 // claim takes up to free due tasks (and, when sweep is set, tasks whose
-// lease lapsed) and starts them. It returns how many it started.
+// lease lapsed) and starts them. It returns how many it claimed.
 func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (int, error) {
 	var claimed []*execution
 	if sweep {
@@ -170,8 +173,7 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			TtlSeconds: w.ttlSeconds(),
 		})
 		if err != nil {
-			admitted, _ := w.admit(ctx, claimed) // already claimed: run them
-			w.startAll(admitted, tasks)
+			_ = w.admitAndStart(ctx, claimed, tasks) // already claimed: run them
 			return len(claimed), err
 		}
 		for _, r := range rows {
@@ -182,31 +184,93 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt, r.TraceContext))
 		}
 	}
-	n := len(claimed)
-	admitted, err := w.admit(ctx, claimed)
-	w.startAll(admitted, tasks)
-	return n, err
+	return len(claimed), w.admitAndStart(ctx, claimed, tasks)
 }
 
-// admit takes the concurrency slots the claimed tasks need and returns those
-// that may start. A task whose limit is full has been parked by the database
-// and is dropped here; it is woken when a slot frees. If the slots cannot be
-// taken, the limited tasks are handed back (see unclaim) and the error is
-// returned, so the claim loop backs off before claiming again.
-func (w *Worker) admit(ctx context.Context, claimed []*execution) ([]*execution, error) {
-	var p db.AcquireSlotsParams
+// admitAndStart starts the claimed runs that may start, then hands back
+// those whose concurrency slots could not be taken. Starting first matters:
+// a run not yet started has no lease renewal, and the hand-back may take
+// as long as the claim did.
+func (w *Worker) admitAndStart(ctx context.Context, claimed []*execution, tasks *sync.WaitGroup) error {
+	if len(claimed) == 0 {
+		return nil
+	}
+	start, handBack, err := w.admit(ctx, claimed)
+	w.startAll(start, tasks)
+	if len(handBack) == 0 {
+		return nil
+	}
+	if uerr := w.unclaim(ctx, handBack); uerr != nil {
+		w.logger.Warn("taking concurrency slots failed, and so did handing the tasks back; they will be redelivered when their leases lapse",
+			"error", err, "hand_back_error", uerr, "tasks", len(handBack))
+	} else {
+		w.logger.Warn("taking concurrency slots failed; the tasks were handed back and will be claimed again",
+			"error", err, "tasks", len(handBack))
+	}
+	return fmt.Errorf("taking concurrency slots: %w", err)
+}
+
+// admit takes the concurrency slots the claimed runs need and returns those
+// that may start. A run whose limit is full has been parked by the database
+// and is left out; it is woken when a slot frees. When the slots cannot be
+// taken for a passing reason (the connection, a timeout, a deadlock), the
+// limited runs are returned to be handed back, with the error. Any other
+// error is a run's own (a limit key the slots table cannot hold, say): each
+// limited run then asks alone, and a run whose own request fails starts
+// only to fail with that error, so one bad run cannot hold up the rest.
+func (w *Worker) admit(ctx context.Context, claimed []*execution) (start, handBack []*execution, err error) {
+	var limited []*execution
+	start = make([]*execution, 0, len(claimed))
 	for _, x := range claimed {
 		reg := w.reg.lookup(x.Name)
 		if reg == nil || len(reg.policy.Concurrency) == 0 {
+			start = append(start, x)
 			continue
 		}
 		slots, err := limitKeys(x.Name, reg.policy.Concurrency, x.args)
 		if err != nil {
 			x.preErr = err
+			start = append(start, x)
 			continue
 		}
 		x.slots, x.runID = slots, newRunID()
-		for _, s := range slots {
+		limited = append(limited, x)
+	}
+	if len(limited) == 0 {
+		return claimed, nil, nil
+	}
+	granted, err := w.takeSlots(ctx, limited)
+	if err == nil {
+		return append(start, granted...), nil, nil
+	}
+	if transient(err) {
+		return start, limited, err
+	}
+	w.logger.Warn("taking concurrency slots failed; asking for each task alone", "error", err, "tasks", len(limited))
+	var firstErr error
+	for _, x := range limited {
+		granted, err := w.takeSlots(ctx, []*execution{x})
+		switch {
+		case err == nil:
+			start = append(start, granted...)
+		case transient(err):
+			handBack = append(handBack, x)
+			firstErr = cmp.Or(firstErr, err)
+		default:
+			x.preErr = fmt.Errorf("taking concurrency slots: %w", err)
+			x.slots, x.runID = nil, 0
+			start = append(start, x)
+		}
+	}
+	return start, handBack, firstErr
+}
+
+// takeSlots asks for the slots of limited runs in one call and returns the
+// runs granted; the others were parked.
+func (w *Worker) takeSlots(ctx context.Context, runs []*execution) ([]*execution, error) {
+	p := db.AcquireSlotsParams{Queue: w.q.Name(), LeaseSeconds: w.leaseSeconds()}
+	for _, x := range runs {
+		for _, s := range x.slots {
 			p.Tasks = append(p.Tasks, x.Key)
 			p.Generations = append(p.Generations, x.generation)
 			p.StartedAts = append(p.StartedAts, x.started)
@@ -215,38 +279,18 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) ([]*execution,
 			p.Maxes = append(p.Maxes, int32(s.max))
 		}
 	}
-	if len(p.Tasks) == 0 {
-		return claimed, nil
-	}
-	p.Queue = w.q.Name()
-	p.LeaseSeconds = w.leaseSeconds()
 	parked, err := w.queries.AcquireSlots(ctx, w.pool, p)
 	if err != nil {
-		var limited []*execution
-		claimed = slices.DeleteFunc(claimed, func(x *execution) bool {
-			if len(x.slots) > 0 {
-				limited = append(limited, x)
-				return true
-			}
-			return false
-		})
-		if uerr := w.unclaim(ctx, limited); uerr != nil {
-			w.logger.Warn("taking concurrency slots failed, and so did handing the tasks back; they will be redelivered when their leases lapse",
-				"error", err, "hand_back_error", uerr, "tasks", len(limited))
-		} else {
-			w.logger.Warn("taking concurrency slots failed; the tasks were handed back and will be claimed again",
-				"error", err, "tasks", len(limited))
-		}
-		return claimed, fmt.Errorf("taking concurrency slots: %w", err)
+		return nil, err
 	}
 	if len(parked) == 0 {
-		return claimed, nil
+		return runs, nil
 	}
 	waiting := make(map[string]string, len(parked))
 	for _, r := range parked {
 		waiting[r.Key] = r.WaitingOn
 	}
-	return slices.DeleteFunc(claimed, func(x *execution) bool {
+	return slices.DeleteFunc(runs, func(x *execution) bool {
 		key, ok := waiting[x.Key]
 		if ok && w.logger.Enabled(ctx, slog.LevelDebug) {
 			w.logger.Debug("task waits for a concurrency slot", "task", x.Name, "key", x.Key, "limit", key)
@@ -255,12 +299,30 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) ([]*execution,
 	}), nil
 }
 
+// transient reports whether a database error is about the moment rather
+// than the request: the connection, the server shutting down or cancelling
+// the statement, a deadlock or serialisation failure, exhausted resources.
+// Errors that never reached the server (a context ending, a network error)
+// are transient too.
+func transient(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return true
+	}
+	switch pgErr.Code[:2] {
+	case "08", "40", "53", "57":
+		return true
+	}
+	return pgErr.Code == "55P03" // lock not available
+}
+
 // unclaim hands back runs whose concurrency slots could not be taken: they
 // become due again (their delivery not counted) rather than wait a whole
-// redelivery timeout. Slots the failed call may have taken after all (its
-// commit can succeed while the reply is lost) are released in the same
-// transaction, so none outlives the hand-back. It gets its own time bound:
-// the claim's may be what ran out.
+// redelivery timeout. The keys' slot locks are taken first, so a request
+// for these slots still running on the server (its cancel lost) ends
+// before the slots it took are released here, in the same transaction as
+// the hand-back: none outlives it. It gets its own time bound: the claim's
+// may be what ran out.
 func (w *Worker) unclaim(ctx context.Context, runs []*execution) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout())
 	defer cancel()
@@ -278,10 +340,13 @@ func (w *Worker) unclaim(ctx context.Context, runs []*execution) error {
 	}
 	var waiting []string
 	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
+		err := w.queries.LockSlotKeys(ctx, tx, db.LockSlotKeysParams{Queue: release.Queue, LimitKeys: release.LimitKeys})
+		if err != nil {
+			return err
+		}
 		if _, err := w.queries.Unclaim(ctx, tx, p); err != nil {
 			return err
 		}
-		var err error
 		waiting, err = w.queries.ReleaseSlots(ctx, tx, release)
 		return err
 	})
