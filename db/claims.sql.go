@@ -513,22 +513,6 @@ func (q *Queries) FinishTasks(ctx context.Context, db DBTX, arg FinishTasksParam
 	return i, err
 }
 
-const lockSlotKeys = `-- name: LockSlotKeys :exec
-SELECT shadows.lock_keys($1::text, $2::text[])
-`
-
-type LockSlotKeysParams struct {
-	Queue     string
-	LimitKeys []string
-}
-
-// Concurrency limits: takes the slot locks of the keys (see
-// shadows.lock_keys) for the rest of the transaction.
-func (q *Queries) LockSlotKeys(ctx context.Context, db DBTX, arg LockSlotKeysParams) error {
-	_, err := db.Exec(ctx, lockSlotKeys, arg.Queue, arg.LimitKeys)
-	return err
-}
-
 const nextDue = `-- name: NextDue :one
 SELECT run_at
 FROM shadows.tasks
@@ -707,61 +691,39 @@ func (q *Queries) SetProgress(ctx context.Context, db DBTX, arg SetProgressParam
 	return err
 }
 
-const unclaim = `-- name: Unclaim :execrows
-WITH mine AS (
-    SELECT t.tid, t.cancel_requested
-    FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
-                 unnest($3::timestamptz[]) AS started_at) AS u
-    JOIN LATERAL (
-        SELECT r.ctid::tid AS tid, r.generation, r.started_at, r.state, r.worker, r.cancel_requested
-        FROM shadows.tasks r
-        WHERE r.queue = $4::text AND r.key = u.key
-        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
-        FOR UPDATE
-    ) AS t ON true
-    WHERE t.generation = u.generation AND t.started_at = u.started_at
-      AND t.state = 'running' AND t.worker = $5::text
-), cancelled AS (
-    UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $6::float8)
-    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE cancel_requested))
-)
-UPDATE shadows.tasks t
-SET state = 'scheduled', worker = NULL, started_at = NULL, lease_expires_at = NULL,
-    deliveries = greatest(t.deliveries - 1, 0)
-WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE NOT cancel_requested))
+const unclaim = `-- name: Unclaim :one
+SELECT shadows.unclaim_runs($1::text, $2::text, $3::text[], $4::bigint[],
+                            $5::timestamptz[], $6::float8,
+                            $7::text[], $8::bigint[])::text[] AS waiting
 `
 
 type UnclaimParams struct {
+	Queue       string
+	Worker      string
 	Keys        []string
 	Generations []int64
 	StartedAts  []time.Time
-	Queue       string
-	Worker      string
 	TtlSeconds  float64
+	LimitKeys   []string
+	RunIds      []int64
 }
 
-// Hands back claimed runs that could not be admitted because taking their
-// concurrency slots failed: each becomes due again as it was before its
-// claim (the delivery is not counted), instead of waiting a whole
-// redelivery timeout for its lease to lapse. A run asked to cancel since its
-// claim ends cancelled (at the cancel's time). Only the claimed run is touched (generation and
-// claim time, this worker's), found by primary key and locked in the order
-// given (the caller sorts by key, as for lease renewal).
-func (q *Queries) Unclaim(ctx context.Context, db DBTX, arg UnclaimParams) (int64, error) {
-	result, err := db.Exec(ctx, unclaim,
+// Concurrency limits: see shadows.unclaim_runs. Returns the released keys
+// that tasks wait on.
+func (q *Queries) Unclaim(ctx context.Context, db DBTX, arg UnclaimParams) ([]string, error) {
+	row := db.QueryRow(ctx, unclaim,
+		arg.Queue,
+		arg.Worker,
 		arg.Keys,
 		arg.Generations,
 		arg.StartedAts,
-		arg.Queue,
-		arg.Worker,
 		arg.TtlSeconds,
+		arg.LimitKeys,
+		arg.RunIds,
 	)
-	if err != nil {
-		return 0, err
-	}
-	return result.RowsAffected(), nil
+	var waiting []string
+	err := row.Scan(&waiting)
+	return waiting, err
 }
 
 const wakeFreed = `-- name: WakeFreed :one

@@ -95,42 +95,12 @@ WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE NOT cancel_requested))
 RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
     t.deliveries, t.started_at, t.trace_context;
 
--- name: Unclaim :execrows
--- Hands back claimed runs that could not be admitted because taking their
--- concurrency slots failed: each becomes due again as it was before its
--- claim (the delivery is not counted), instead of waiting a whole
--- redelivery timeout for its lease to lapse. A run asked to cancel since its
--- claim ends cancelled (at the cancel's time). Only the claimed run is touched (generation and
--- claim time, this worker's), found by primary key and locked in the order
--- given (the caller sorts by key, as for lease renewal).
-WITH mine AS (
-    SELECT t.tid, t.cancel_requested
-    FROM (SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
-                 unnest(@started_ats::timestamptz[]) AS started_at) AS u
-    JOIN LATERAL (
-        SELECT r.ctid::tid AS tid, r.generation, r.started_at, r.state, r.worker, r.cancel_requested
-        FROM shadows.tasks r
-        WHERE r.queue = @queue::text AND r.key = u.key
-        LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
-        FOR UPDATE
-    ) AS t ON true
-    WHERE t.generation = u.generation AND t.started_at = u.started_at
-      AND t.state = 'running' AND t.worker = @worker::text
-), cancelled AS (
-    UPDATE shadows.tasks t
-    SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => @ttl_seconds::float8)
-    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE cancel_requested))
-)
-UPDATE shadows.tasks t
-SET state = 'scheduled', worker = NULL, started_at = NULL, lease_expires_at = NULL,
-    deliveries = greatest(t.deliveries - 1, 0)
-WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine WHERE NOT cancel_requested));
-
--- name: LockSlotKeys :exec
--- Concurrency limits: takes the slot locks of the keys (see
--- shadows.lock_keys) for the rest of the transaction.
-SELECT shadows.lock_keys(@queue::text, @limit_keys::text[]);
+-- name: Unclaim :one
+-- Concurrency limits: see shadows.unclaim_runs. Returns the released keys
+-- that tasks wait on.
+SELECT shadows.unclaim_runs(@queue::text, @worker::text, @keys::text[], @generations::bigint[],
+                            @started_ats::timestamptz[], @ttl_seconds::float8,
+                            @limit_keys::text[], @run_ids::bigint[])::text[] AS waiting;
 
 -- name: NextDue :one
 -- When the earliest scheduled task becomes due, so an idle worker can sleep

@@ -65,10 +65,11 @@ func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage) ([]
 	return out, nil
 }
 
-// maxRuleKeyBytes bounds a limit or admission key: the keys are indexed,
-// and an index entry cannot exceed about a third of a page. A task whose
-// argument value makes a longer key fails with an error saying so.
-const maxRuleKeyBytes = 1000
+// maxRuleKeyBytes bounds a limit or admission key: the keys are indexed
+// beside the queue name (at most 200 bytes), and an index entry cannot
+// exceed about a third of a page (2,704 bytes). A task whose argument value
+// makes a longer key fails with an error saying so.
+const maxRuleKeyBytes = 2000
 
 // ruleKey is the key of a limit or admission rule: "[scope/]arg:value" per
 // argument value, "[scope/]task:name" for the task as a whole. An argument

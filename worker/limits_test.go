@@ -860,7 +860,7 @@ func TestOverlongLimitKeyFailsTheTask(t *testing.T) {
 	ex, err := b.wait(t, "long")
 	require.Error(t, err)
 	require.Equal(t, queue.StateFailed, ex.State)
-	require.Contains(t, ex.Error, "at most 1000 fit")
+	require.Contains(t, ex.Error, "at most 2000 fit")
 }
 
 // Unclaim touches only the claimed run of this worker: a run asked to
@@ -899,15 +899,25 @@ func TestUnclaimHandsBackOnlyTheClaimedRuns(t *testing.T) {
 		p.Generations = append(p.Generations, r.Generation)
 		p.StartedAts = append(p.StartedAts, started)
 	}
-	n, err := q.Unclaim(ctx, b.pool, p)
+	// A slot the failed request took after all, and another run's slot.
+	_, err = b.pool.Exec(ctx, `INSERT INTO shadows.slots (queue, limit_key, run_id, task_key, generation, max_slots, lease_expires_at)
+		VALUES ($1, 'db:back', 7, 'back', 1, 1, now() + interval '1 minute'),
+		       ($1, 'db:back', 8, 'someone', 1, 1, now() + interval '1 minute')`, b.q.Name())
 	require.NoError(t, err)
-	require.Equal(t, int64(1), n, "one run handed back (the cancelled one ends instead)")
+	p.LimitKeys, p.RunIds = []string{"db:back"}, []int64{7}
+	_, err = q.Unclaim(ctx, b.pool, p)
+	require.NoError(t, err)
+	var runs []int64
+	rows, err := b.pool.Query(ctx, `SELECT run_id FROM shadows.slots WHERE queue = $1`, b.q.Name())
+	require.NoError(t, err)
+	runs, err = pgx.CollectRows(rows, pgx.RowTo[int64])
+	require.NoError(t, err)
+	require.Equal(t, []int64{8}, runs, "the handed-back run's slot is released, no other")
 	for _, r := range claimed {
 		if r.Key == "other-worker" {
-			n, err := q.Unclaim(ctx, b.pool, db.UnclaimParams{Queue: b.q.Name(), Worker: "w2", TtlSeconds: 60,
+			_, err := q.Unclaim(ctx, b.pool, db.UnclaimParams{Queue: b.q.Name(), Worker: "w2", TtlSeconds: 60,
 				Keys: []string{r.Key}, Generations: []int64{r.Generation}, StartedAts: []time.Time{*r.StartedAt}})
-			require.NoError(t, err)
-			require.Zero(t, n, "w2 did not claim it")
+			require.NoError(t, err) // w2 did not claim it: left running (below)
 		}
 	}
 	want := map[string]struct {

@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/shadows-go/shadows/db"
@@ -213,11 +212,11 @@ func (w *Worker) admitAndStart(ctx context.Context, claimed []*execution, tasks 
 // admit takes the concurrency slots the claimed runs need and returns those
 // that may start. A run whose limit is full has been parked by the database
 // and is left out; it is woken when a slot frees. When the slots cannot be
-// taken for a passing reason (the connection, a timeout, a deadlock), the
-// limited runs are returned to be handed back, with the error. Any other
-// error is a run's own (a limit key the slots table cannot hold, say): each
-// limited run then asks alone, and a run whose own request fails starts
-// only to fail with that error, so one bad run cannot hold up the rest.
+// taken, the limited runs are returned to be handed back, with the error —
+// unless the error is one a request's own values cause (see runFault): then
+// each limited run asks alone, and a run whose own request fails that way
+// starts only to fail with the error, so one bad run cannot hold up the
+// rest, while the others are handed back or start.
 func (w *Worker) admit(ctx context.Context, claimed []*execution) (start, handBack []*execution, err error) {
 	var limited []*execution
 	start = make([]*execution, 0, len(claimed))
@@ -243,7 +242,7 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) (start, handBa
 	if err == nil {
 		return append(start, granted...), nil, nil
 	}
-	if transient(err) {
+	if !runFault(err) {
 		return start, limited, err
 	}
 	w.logger.Warn("taking concurrency slots failed; asking for each task alone", "error", err, "tasks", len(limited))
@@ -253,13 +252,13 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) (start, handBa
 		switch {
 		case err == nil:
 			start = append(start, granted...)
-		case transient(err):
-			handBack = append(handBack, x)
-			firstErr = cmp.Or(firstErr, err)
-		default:
+		case runFault(err):
 			x.preErr = fmt.Errorf("taking concurrency slots: %w", err)
 			x.slots, x.runID = nil, 0
 			start = append(start, x)
+		default:
+			handBack = append(handBack, x)
+			firstErr = cmp.Or(firstErr, err)
 		}
 	}
 	return start, handBack, firstErr
@@ -299,62 +298,48 @@ func (w *Worker) takeSlots(ctx context.Context, runs []*execution) ([]*execution
 	}), nil
 }
 
-// transient reports whether a database error is about the moment rather
-// than the request: the connection, the server shutting down or cancelling
-// the statement, a deadlock or serialisation failure, exhausted resources.
-// Errors that never reached the server (a context ending, a network error)
-// are transient too.
-func transient(err error) bool {
+// runFault reports whether a failed request's own values caused the error
+// (invalid data, such as a key with a NUL character, or a violated
+// constraint), so that asking again cannot help. Anything else (the connection, the
+// server, a timeout, a deadlock, permissions, a read-only server) is about
+// the moment or the whole database: the request's runs are handed back.
+func runFault(err error) bool {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
-		return true
+		return false
 	}
-	switch pgErr.Code[:2] {
-	case "08", "40", "53", "57":
-		return true
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) {
+		return false
 	}
-	return pgErr.Code == "55P03" // lock not available
+	return strings.HasPrefix(pgErr.Code, "22") || strings.HasPrefix(pgErr.Code, "23")
 }
 
 // unclaim hands back runs whose concurrency slots could not be taken: they
 // become due again (their delivery not counted) rather than wait a whole
-// redelivery timeout. The keys' slot locks are taken first, so a request
-// for these slots still running on the server (its cancel lost) ends
-// before the slots it took are released here, in the same transaction as
-// the hand-back: none outlives it. It gets its own time bound: the claim's
-// may be what ran out.
+// redelivery timeout, and any slots the failed request took after all are
+// released (see shadows.unclaim_runs). It gets its own time bound: the
+// claim's may be what ran out.
 func (w *Worker) unclaim(ctx context.Context, runs []*execution) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout())
 	defer cancel()
 	slices.SortFunc(runs, func(a, b *execution) int { return strings.Compare(a.Key, b.Key) })
 	p := db.UnclaimParams{Queue: w.q.Name(), Worker: w.cfg.Name, TtlSeconds: w.ttlSeconds()}
-	release := db.ReleaseSlotsParams{Queue: w.q.Name()}
 	for _, x := range runs {
 		p.Keys = append(p.Keys, x.Key)
 		p.Generations = append(p.Generations, x.generation)
 		p.StartedAts = append(p.StartedAts, x.started)
 		for _, s := range x.slots {
-			release.LimitKeys = append(release.LimitKeys, s.key)
-			release.RunIds = append(release.RunIds, x.runID)
+			p.LimitKeys = append(p.LimitKeys, s.key)
+			p.RunIds = append(p.RunIds, x.runID)
 		}
 	}
-	var waiting []string
-	err := pgx.BeginFunc(ctx, w.pool, func(tx pgx.Tx) error {
-		err := w.queries.LockSlotKeys(ctx, tx, db.LockSlotKeysParams{Queue: release.Queue, LimitKeys: release.LimitKeys})
-		if err != nil {
-			return err
-		}
-		if _, err := w.queries.Unclaim(ctx, tx, p); err != nil {
-			return err
-		}
-		waiting, err = w.queries.ReleaseSlots(ctx, tx, release)
-		return err
-	})
+	waiting, err := w.queries.Unclaim(ctx, w.pool, p)
 	if err != nil {
 		return err
 	}
 	if len(waiting) > 0 {
-		if _, err := w.queries.WakeFreed(ctx, w.pool, db.WakeFreedParams{Queue: release.Queue, LimitKeys: waiting}); err != nil {
+		if _, err := w.queries.WakeFreed(ctx, w.pool, db.WakeFreedParams{Queue: p.Queue, LimitKeys: waiting}); err != nil {
 			w.logger.Warn("waking tasks waiting for concurrency slots failed; the sweep will wake them", "error", err)
 		}
 	}

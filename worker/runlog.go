@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"log/slog"
+	"sync/atomic"
 )
 
 // runHandler is the handler of a run's logger: it adds the run's task, key
@@ -16,6 +17,11 @@ type runHandler struct {
 	task    string
 	key     string
 	attempt int
+
+	// applied is inner with the run's attributes applied, made on the
+	// first WithAttrs or WithGroup and shared by later ones (two made at
+	// once are equal; either may stay).
+	applied atomic.Pointer[slog.Handler]
 }
 
 func newRunLogger(base *slog.Logger, task, key string, attempt int) *slog.Logger {
@@ -43,10 +49,19 @@ func (h *runHandler) Handle(ctx context.Context, r slog.Record) error {
 
 // WithAttrs and WithGroup hand over to the inner handler with the run's
 // attributes applied first, so they stay outside any group.
+func (h *runHandler) withRun() slog.Handler {
+	if p := h.applied.Load(); p != nil {
+		return *p
+	}
+	applied := h.inner.WithAttrs(h.attrs())
+	h.applied.Store(&applied)
+	return applied
+}
+
 func (h *runHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return h.inner.WithAttrs(h.attrs()).WithAttrs(attrs)
+	return h.withRun().WithAttrs(attrs)
 }
 
 func (h *runHandler) WithGroup(name string) slog.Handler {
-	return h.inner.WithAttrs(h.attrs()).WithGroup(name)
+	return h.withRun().WithGroup(name)
 }
