@@ -111,8 +111,10 @@ WITH epoch AS (
     SELECT d.ctid::tid AS tid, d.task, d.args, d.strike_epoch FROM shadows.tasks d
     WHERE d.queue = $1::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
       AND d.run_at <= now()
+      AND (d.run_at, d.seq) > (coalesce($2::timestamptz, '-infinity'::timestamptz),
+                               coalesce($3::bigint, 0))
     ORDER BY d.run_at, d.seq
-    LIMIT $2
+    LIMIT $4
     FOR UPDATE SKIP LOCKED
 ), judged AS (
     -- Only tasks judged under other strikes than today's are judged again;
@@ -135,34 +137,36 @@ WITH epoch AS (
         state = CASE WHEN judged.hold THEN t.state ELSE 'cancelled' END,
         finished_at = CASE WHEN judged.hold THEN NULL ELSE now() END,
         expires_at = CASE WHEN judged.hold THEN NULL
-                          ELSE now() + make_interval(secs => $3::float8) END,
+                          ELSE now() + make_interval(secs => $5::float8) END,
         error = CASE WHEN judged.hold THEN NULL ELSE 'struck: ' || judged.rule END
     FROM judged
     WHERE judged.rule IS NOT NULL AND t.ctid = judged.tid
-    RETURNING t.key, t.task, t.generation, t.attempt, t.run_at, judged.rule, judged.hold
+    RETURNING t.key, t.task, t.generation, t.attempt, t.run_at, t.seq, judged.rule, judged.hold
 ), claimed AS (
     UPDATE shadows.tasks t
-    SET state = 'running', worker = $4::text, started_at = now(),
+    SET state = 'running', worker = $6::text, started_at = now(),
         deliveries = t.deliveries + 1,
-        lease_expires_at = now() + make_interval(secs => $5::float8)
+        lease_expires_at = now() + make_interval(secs => $7::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM judged WHERE rule IS NULL))
     -- The arguments go out as plain bytes: the worker decodes them into the
     -- task's type itself, and a jsonb column would be parsed once more on
     -- the way (pgx validates JSON it scans into json.RawMessage).
     RETURNING t.key, t.task, convert_to(t.args::text, 'UTF8') AS args, t.generation, t.attempt, t.run_at,
-        t.deliveries, t.started_at, t.trace_context
+        t.deliveries, t.started_at, t.trace_context, t.seq
 )
-SELECT key, task, args, generation, attempt, run_at, deliveries, started_at, trace_context,
+SELECT key, task, args, generation, attempt, run_at, seq, deliveries, started_at, trace_context,
     NULL::text AS struck_by, false AS held
 FROM claimed
 UNION ALL
-SELECT key, task, '\x'::bytea, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
+SELECT key, task, '\x'::bytea, generation, attempt, run_at, seq, 0, NULL::timestamptz, NULL::jsonb,
     rule, hold
 FROM set_aside
 `
 
 type ClaimDueParams struct {
 	Queue        string
+	AfterRunAt   *time.Time
+	AfterSeq     *int64
 	MaxRows      int32
 	TtlSeconds   float64
 	Worker       string
@@ -176,6 +180,7 @@ type ClaimDueRow struct {
 	Generation   int64
 	Attempt      int32
 	RunAt        time.Time
+	Seq          int64
 	Deliveries   int32
 	StartedAt    *time.Time
 	TraceContext json.RawMessage
@@ -194,9 +199,17 @@ type ClaimDueRow struct {
 // strike, so the worker can log them. The updates find their rows by
 // physical address (ctid), stable because the rows are locked, so no join
 // can be misplanned however stale the table's statistics are.
+// after_run_at/after_seq, when given, start the scan past that position
+// in claim order: the worker passes the last row its previous claim took,
+// so the scan does not walk again over the index entries of the rows
+// claimed before (dead until a vacuum, and in a backlog the largest part
+// of every scan). Rows that become due behind that position are found by
+// the next claim without it (see the worker's claim loop).
 func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]ClaimDueRow, error) {
 	rows, err := db.Query(ctx, claimDue,
 		arg.Queue,
+		arg.AfterRunAt,
+		arg.AfterSeq,
 		arg.MaxRows,
 		arg.TtlSeconds,
 		arg.Worker,
@@ -216,6 +229,7 @@ func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]
 			&i.Generation,
 			&i.Attempt,
 			&i.RunAt,
+			&i.Seq,
 			&i.Deliveries,
 			&i.StartedAt,
 			&i.TraceContext,

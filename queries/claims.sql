@@ -11,12 +11,20 @@
 -- strike, so the worker can log them. The updates find their rows by
 -- physical address (ctid), stable because the rows are locked, so no join
 -- can be misplanned however stale the table's statistics are.
+-- after_run_at/after_seq, when given, start the scan past that position
+-- in claim order: the worker passes the last row its previous claim took,
+-- so the scan does not walk again over the index entries of the rows
+-- claimed before (dead until a vacuum, and in a backlog the largest part
+-- of every scan). Rows that become due behind that position are found by
+-- the next claim without it (see the worker's claim loop).
 WITH epoch AS (
     SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = @queue::text), 0) AS e
 ), due AS (
     SELECT d.ctid::tid AS tid, d.task, d.args, d.strike_epoch FROM shadows.tasks d
     WHERE d.queue = @queue::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
       AND d.run_at <= now()
+      AND (d.run_at, d.seq) > (coalesce(sqlc.narg('after_run_at')::timestamptz, '-infinity'::timestamptz),
+                               coalesce(sqlc.narg('after_seq')::bigint, 0))
     ORDER BY d.run_at, d.seq
     LIMIT @max_rows
     FOR UPDATE SKIP LOCKED
@@ -45,7 +53,7 @@ WITH epoch AS (
         error = CASE WHEN judged.hold THEN NULL ELSE 'struck: ' || judged.rule END
     FROM judged
     WHERE judged.rule IS NOT NULL AND t.ctid = judged.tid
-    RETURNING t.key, t.task, t.generation, t.attempt, t.run_at, judged.rule, judged.hold
+    RETURNING t.key, t.task, t.generation, t.attempt, t.run_at, t.seq, judged.rule, judged.hold
 ), claimed AS (
     UPDATE shadows.tasks t
     SET state = 'running', worker = @worker::text, started_at = now(),
@@ -56,13 +64,13 @@ WITH epoch AS (
     -- task's type itself, and a jsonb column would be parsed once more on
     -- the way (pgx validates JSON it scans into json.RawMessage).
     RETURNING t.key, t.task, convert_to(t.args::text, 'UTF8') AS args, t.generation, t.attempt, t.run_at,
-        t.deliveries, t.started_at, t.trace_context
+        t.deliveries, t.started_at, t.trace_context, t.seq
 )
-SELECT key, task, args, generation, attempt, run_at, deliveries, started_at, trace_context,
+SELECT key, task, args, generation, attempt, run_at, seq, deliveries, started_at, trace_context,
     NULL::text AS struck_by, false AS held
 FROM claimed
 UNION ALL
-SELECT key, task, '\x'::bytea, generation, attempt, run_at, 0, NULL::timestamptz, NULL::jsonb,
+SELECT key, task, '\x'::bytea, generation, attempt, run_at, seq, 0, NULL::timestamptz, NULL::jsonb,
     rule, hold
 FROM set_aside;
 

@@ -80,6 +80,7 @@ func benchmarkHotPath(b *testing.B, logger *slog.Logger) {
 			claimed[i] = w.newExecution(keys[i], "hot_path", slices.Clone(args), 1, 1, now, 1, &now, nil)
 		}
 		var tasks sync.WaitGroup
+		w.running.Add(int64(n)) // as the claim reserves them
 		w.startAll(claimed, &tasks)
 		tasks.Wait()
 		// What the finisher does with a batch, short of the statement.

@@ -146,7 +146,15 @@ func resetTimer(t *time.Timer, d time.Duration) {
 
 // claim takes up to free due tasks (and, when sweep is set, tasks whose
 // lease lapsed) and starts them. It returns how many it claimed.
-func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (int, error) {
+//
+// The free slots are reserved (counted as running) while the claim is in the
+// database, and those it did not fill are given back when it returns: the
+// batch's tasks then start on their own goroutine (see startAll), so the
+// claim loop can send its next claim while they start.
+func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (n int, err error) {
+	w.running.Add(int64(free))
+	started := 0
+	defer func() { w.unreserve(free - started) }()
 	var claimed []*execution
 	if sweep {
 		// The backstop for waiters whose slots freed without a release.
@@ -167,14 +175,7 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 		}
 	}
 	if left := free - len(claimed); left > 0 {
-		rows, err := w.queries.ClaimDue(ctx, w.pool, db.ClaimDueParams{
-			Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(left), LeaseSeconds: w.leaseSeconds(),
-			TtlSeconds: w.ttlSeconds(),
-		})
-		if err != nil {
-			_ = w.admitAndStart(ctx, claimed, tasks) // already claimed: run them
-			return len(claimed), err
-		}
+		rows, err := w.claimDue(ctx, left)
 		for _, r := range rows {
 			if r.StruckBy != nil {
 				w.logStruck(ctx, r)
@@ -182,22 +183,107 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			}
 			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt, r.TraceContext))
 		}
+		if err != nil {
+			started, _ = w.admitAndStart(ctx, claimed, tasks) // already claimed: run them
+			return len(claimed), err
+		}
 	}
-	return len(claimed), w.admitAndStart(ctx, claimed, tasks)
+	started, err = w.admitAndStart(ctx, claimed, tasks)
+	return len(claimed), err
+}
+
+// claimPosition is where, in claim order (run_at, seq), the claim loop's
+// last claim stopped while a backlog was being worked off. Only the claim
+// loop uses it.
+type claimPosition struct {
+	runAt time.Time
+	seq   int64
+	since time.Time // the claim from the start of the order it follows on from
+	ok    bool
+}
+
+// claimDue claims up to n due tasks (and sets aside or cancels those a
+// strike matches, returned with StruckBy set). Rows it claimed are
+// returned even with an error, from a second statement.
+//
+// Claimed rows leave their dead entries at the head of the claim index
+// until a vacuum removes them, and every scan from the start walks over
+// them: late in a large backlog that walk was most of a claim's cost. So
+// while claims come back full, each starts past the last row the previous
+// one took. A task can become due behind that position (added with a time
+// in the past, woken from a concurrency limit, released by another
+// worker's failed claim), so the position is dropped, and the next claim
+// scans from the start, when a claim past it comes back short (the
+// backlog is done: the rest is looked for at once), when a task became
+// due (a NOTIFY woke the worker), and CheckInterval after the last scan
+// from the start.
+func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) {
+	pos := &w.claimPos
+	select {
+	case <-w.wake:
+		pos.ok = false
+	default:
+	}
+	if pos.ok && time.Since(pos.since) >= w.cfg.CheckInterval {
+		pos.ok = false
+	}
+	p := db.ClaimDueParams{
+		Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(n), LeaseSeconds: w.leaseSeconds(),
+		TtlSeconds: w.ttlSeconds(),
+	}
+	resumed := pos.ok
+	if resumed {
+		p.AfterRunAt, p.AfterSeq = &pos.runAt, &pos.seq
+	}
+	pos.ok = false
+	rows, err := w.queries.ClaimDue(ctx, w.pool, p)
+	if err != nil {
+		return nil, err
+	}
+	if len(rows) < n {
+		if !resumed {
+			return rows, nil
+		}
+		p.AfterRunAt, p.AfterSeq, p.MaxRows = nil, nil, int32(n-len(rows))
+		more, err := w.queries.ClaimDue(ctx, w.pool, p)
+		return append(rows, more...), err
+	}
+	// A full batch: more is probably due past its last row.
+	if !resumed {
+		pos.since = time.Now()
+	}
+	pos.runAt, pos.seq = rows[0].RunAt, rows[0].Seq
+	for _, r := range rows[1:] {
+		if c := r.RunAt.Compare(pos.runAt); c > 0 || c == 0 && r.Seq > pos.seq {
+			pos.runAt, pos.seq = r.RunAt, r.Seq
+		}
+	}
+	pos.ok = true
+	return rows, nil
+}
+
+// unreserve gives back n slots reserved for a claim that did not fill them.
+func (w *Worker) unreserve(n int) {
+	if n > 0 {
+		w.running.Add(int64(-n))
+		signal(w.slotFreed)
+	}
 }
 
 // admitAndStart starts the claimed runs that may start, then hands back
 // those whose concurrency slots could not be taken. Starting first matters:
 // a run not yet started has no lease renewal, and the hand-back may take
 // as long as the claim did.
-func (w *Worker) admitAndStart(ctx context.Context, claimed []*execution, tasks *sync.WaitGroup) error {
+//
+// It returns how many runs it started; their slots must have been reserved.
+func (w *Worker) admitAndStart(ctx context.Context, claimed []*execution, tasks *sync.WaitGroup) (int, error) {
 	if len(claimed) == 0 {
-		return nil
+		return 0, nil
 	}
 	start, handBack, err := w.admit(ctx, claimed)
 	w.startAll(start, tasks)
 	if len(handBack) == 0 {
-		return nil
+		return len(start), nil
 	}
 	if uerr := w.unclaim(ctx, handBack); uerr != nil {
 		w.logger.Warn("taking concurrency slots failed, and so did handing the tasks back; they will be redelivered when their leases lapse",
@@ -206,7 +292,7 @@ func (w *Worker) admitAndStart(ctx context.Context, claimed []*execution, tasks 
 		w.logger.Warn("taking concurrency slots failed; the tasks were handed back and will be claimed again",
 			"error", err, "tasks", len(handBack))
 	}
-	return fmt.Errorf("taking concurrency slots: %w", err)
+	return len(start), fmt.Errorf("taking concurrency slots: %w", err)
 }
 
 // admit takes the concurrency slots the claimed runs need and returns those
@@ -404,6 +490,11 @@ func decodeSafely(decode func(json.RawMessage) (any, error), args json.RawMessag
 
 // startAll registers every claimed task as in flight before starting any,
 // so a cancel notification that follows the claim always finds its task.
+// The tasks' slots are already counted in w.running (reserved by the
+// claim). Decoding the arguments and starting the handlers happens on a
+// goroutine of its own, so that the claim loop is free to claim again
+// meanwhile: the two used to take turns, and the database sat idle while
+// a batch started.
 func (w *Worker) startAll(claimed []*execution, tasks *sync.WaitGroup) {
 	if len(claimed) == 0 {
 		return
@@ -411,19 +502,21 @@ func (w *Worker) startAll(claimed []*execution, tasks *sync.WaitGroup) {
 	runs := make([]*inflight, len(claimed))
 	for i, x := range claimed {
 		x.reg = w.reg.lookup(x.Name)
-		if x.reg != nil && x.reg.decode != nil && x.preErr == nil {
-			x.decoded, x.decodeErr = decodeSafely(x.reg.decode, x.args)
-		}
 		runs[i] = w.inflight.add(x)
 	}
-	w.running.Add(int64(len(claimed)))
-	for _, f := range runs {
-		tasks.Go(func() {
-			defer func() {
-				w.running.Add(-1)
-				signal(w.slotFreed)
-			}()
-			w.execute(f)
-		})
-	}
+	tasks.Go(func() {
+		for _, f := range runs {
+			x := f.x
+			if x.reg != nil && x.reg.decode != nil && x.preErr == nil {
+				x.decoded, x.decodeErr = decodeSafely(x.reg.decode, x.args)
+			}
+			tasks.Go(func() {
+				defer func() {
+					w.running.Add(-1)
+					signal(w.slotFreed)
+				}()
+				w.execute(f)
+			})
+		}
+	})
 }

@@ -55,7 +55,10 @@ type Config struct {
 
 	// CheckInterval is how often an idle worker looks for due tasks when no
 	// notification arrives: the bound on pickup latency if notifications are
-	// lost. Defaults to 250ms.
+	// lost. It also bounds how long a busy worker, working off a backlog in
+	// claim order from where its last claim stopped, may miss a task that
+	// became due behind that point without a notification. Defaults to
+	// 250ms.
 	CheckInterval time.Duration
 
 	// SchedulingResolution is the granularity of an idle worker's timer for
@@ -158,7 +161,8 @@ type Worker struct {
 	wake      chan struct{} // a notification or reconnect: tasks may be due
 	slotFreed chan struct{} // a handler returned
 	renewNow  chan struct{} // check the running tasks' leases and cancels now
-	running   atomic.Int64  // handlers running now
+	running   atomic.Int64  // handlers running now, and slots reserved by a claim
+	claimPos  claimPosition // the claim loop's alone
 	inflight  inflightSet
 	done      *finisher
 	atMost    map[string]int // RunAtMost limits; nil otherwise
