@@ -212,7 +212,8 @@ type claimPosition struct {
 // while claims come back full, each starts past the last row the previous
 // one took. A task can become due behind that position (added with a time
 // in the past, woken from a concurrency limit, released by another
-// worker's failed claim), so the position is dropped, and the next claim
+// worker's failed claim, handed back by a worker that could not take its
+// concurrency slots), so the position is dropped, and the next claim
 // scans from the start, when a claim past it comes back short (the
 // backlog is done: the rest is looked for at once), when a task became
 // due (a NOTIFY woke the worker), and CheckInterval after the last scan
@@ -263,10 +264,12 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 }
 
 // unreserve gives back n slots reserved for a claim that did not fill them.
+// It does not signal slotFreed: only the claim loop waits for it, and the
+// claim loop is the one giving the slots back (a signal here had an idle
+// worker claim again at once, in a loop).
 func (w *Worker) unreserve(n int) {
 	if n > 0 {
 		w.running.Add(int64(-n))
-		signal(w.slotFreed)
 	}
 }
 
@@ -424,6 +427,9 @@ func (w *Worker) unclaim(ctx context.Context, runs []*execution) error {
 	if err != nil {
 		return err
 	}
+	// The runs are due again where they were in claim order, behind the
+	// position the claim loop resumes from (unclaim runs on its goroutine).
+	w.claimPos.ok = false
 	if len(waiting) > 0 {
 		if _, err := w.queries.WakeFreed(ctx, w.pool, db.WakeFreedParams{Queue: p.Queue, LimitKeys: waiting}); err != nil {
 			w.logger.Warn("waking tasks waiting for concurrency slots failed; the sweep will wake them", "error", err)
