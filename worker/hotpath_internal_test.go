@@ -60,6 +60,7 @@ func benchmarkHotPath(b *testing.B, logger *slog.Logger) {
 		b.Fatal(err)
 	}
 	w.slotFreed = make(chan struct{}, 1)
+	w.helperSlotFreed = make(chan struct{}, 1)
 	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
 	w.done = newFinisher(w)
 

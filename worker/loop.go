@@ -19,12 +19,35 @@ import (
 	"github.com/shadows-go/shadows/db"
 )
 
-// claimLoop claims due tasks while there are free slots and starts each in
-// its own goroutine, until ctx is cancelled or, with untilFinished, the
-// queue has nothing left to run. It never waits on a running task.
-func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) {
+// claimLoops runs the claim loop and, beside it, a helper that claims only
+// while a backlog lasts, until ctx is cancelled or, with untilFinished, the
+// queue has nothing left to run.
+//
+// One loop took turns with itself: while a claim was in the database the
+// worker turned nothing into running tasks, and while it scanned rows and
+// started them the database waited (a 100,000-task burn spent 99% of its
+// time inside claims). With two, one claim is in the database while the
+// other's rows are being started, and both cores of a small machine work.
+func (w *Worker) claimLoops(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) {
 	w.claiming.Store(true)
 	defer w.claiming.Store(false)
+	if w.cfg.Concurrency < 2 {
+		w.claimLoop(ctx, untilFinished, tasks)
+		return
+	}
+	helperCtx, stopHelper := context.WithCancel(ctx)
+	var helper sync.WaitGroup
+	helper.Go(func() { w.helpClaim(helperCtx, tasks) })
+	w.claimLoop(ctx, untilFinished, tasks)
+	stopHelper()
+	helper.Wait()
+}
+
+// claimLoop claims due tasks while there are free slots and starts each in
+// its own goroutine, until ctx is cancelled or, with untilFinished, the
+// queue has nothing left to run. It never waits on a running task. It alone
+// looks for lapsed leases, waits for notifications and polls.
+func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	var (
@@ -33,20 +56,15 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 		backlog   bool // the last claim filled every free slot
 	)
 	for ctx.Err() == nil {
-		free := w.cfg.Concurrency - int(w.running.Load())
-		if w.done.backlogged() {
-			// Outcomes are ended faster than they are recorded: claim
-			// nothing more until the finisher catches up.
-			free = 0
+		free := 0
+		if !w.done.backlogged() {
+			// While outcomes are ended faster than they are recorded,
+			// claim nothing more until the finisher catches up.
+			free = w.reserve()
 		}
 		if free > 0 {
 			sweep := time.Since(lastSweep) >= w.sweepInterval()
-			// A claim that has started runs to its end even if ctx is
-			// cancelled meanwhile: tasks the database handed over must be
-			// run (drained), not left running under a lease nobody renews.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout())
-			n, err := w.claim(cctx, free, sweep, tasks)
-			cancel()
+			n, err := w.claimReserved(ctx, free, sweep, tasks)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -58,7 +76,6 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 				failures++
 				continue
 			}
-			w.touched()
 			if failures > 0 {
 				w.logger.Info("claiming tasks again")
 				failures = 0
@@ -67,11 +84,15 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 				lastSweep = time.Now()
 			}
 			backlog = n == free
+			w.backlog.Store(backlog)
+			if backlog {
+				signal(w.backlogBegan)
+			}
 		}
 		if backlog {
 			// More is due: wait only for slots to free. Let a few free up
 			// first when many are busy, so claims come in batches.
-			if !w.waitForSlots(ctx) {
+			if !w.waitForSlots(ctx, w.slotFreed) {
 				return
 			}
 			continue
@@ -93,10 +114,93 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 	}
 }
 
+// helpClaim claims alongside the claim loop while a backlog lasts (the last
+// claim of either filled every free slot), and sleeps otherwise. Slots it
+// reserved but did not fill are handed to the claim loop with a signal: the
+// claim loop may be waiting for exactly those.
+func (w *Worker) helpClaim(ctx context.Context, tasks *sync.WaitGroup) {
+	failures := 0
+	for ctx.Err() == nil {
+		if !w.backlog.Load() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.backlogBegan:
+			}
+			continue
+		}
+		if !w.waitForSlots(ctx, w.helperSlotFreed) {
+			return
+		}
+		if w.done.backlogged() {
+			continue // the next wait lasts until the finisher catches up
+		}
+		free := w.reserve()
+		if free == 0 {
+			continue // the claim loop took them
+		}
+		n, err := w.claimReserved(ctx, free, false, tasks)
+		if n < free {
+			signal(w.slotFreed)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			w.logger.Warn("claim tasks failed; retrying", "error", err, "attempt", failures+1)
+			if !sleep(ctx, w.backoff(failures)) {
+				return
+			}
+			failures++
+			continue
+		}
+		failures = 0
+		if n < free {
+			w.backlog.Store(false)
+		}
+	}
+}
+
+// reserve counts every free slot as running and returns how many it took;
+// claims then fill them. Two loops claim at once: taking the slots in one
+// step keeps them from both counting the same free slots.
+func (w *Worker) reserve() int {
+	limit := int64(w.cfg.Concurrency)
+	for {
+		r := w.running.Load()
+		if r >= limit {
+			return 0
+		}
+		if w.running.CompareAndSwap(r, limit) {
+			return int(limit - r)
+		}
+	}
+}
+
+// claimReserved runs one claim of free reserved slots under its own time
+// bound. A claim that has started runs to its end even if ctx is cancelled
+// meanwhile: tasks the database handed over must be run (drained), not
+// left running under a lease nobody renews.
+func (w *Worker) claimReserved(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (int, error) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout())
+	defer cancel()
+	n, err := w.claim(cctx, free, sweep, tasks)
+	if err == nil {
+		w.touched()
+	}
+	return n, err
+}
+
+// slotsFreed tells both claim loops that a slot is free.
+func (w *Worker) slotsFreed() {
+	signal(w.slotFreed)
+	signal(w.helperSlotFreed)
+}
+
 // waitForSlots blocks until enough slots are free to claim a batch worth the
 // round trip: a quarter of the concurrency (at most 100), or whatever is
-// free 2ms after the first slot frees.
-func (w *Worker) waitForSlots(ctx context.Context) bool {
+// free 2ms after the first slot frees. freed is the caller's own signal.
+func (w *Worker) waitForSlots(ctx context.Context, freed chan struct{}) bool {
 	want := int64(min(max(w.cfg.Concurrency/4, 1), 100))
 	free := func() int64 { return int64(w.cfg.Concurrency) - w.running.Load() }
 	if free() >= want && !w.done.backlogged() {
@@ -105,7 +209,7 @@ func (w *Worker) waitForSlots(ctx context.Context) bool {
 	select {
 	case <-ctx.Done():
 		return false
-	case <-w.slotFreed:
+	case <-freed:
 	}
 	deadline := time.NewTimer(2 * time.Millisecond)
 	defer deadline.Stop()
@@ -115,7 +219,7 @@ func (w *Worker) waitForSlots(ctx context.Context) bool {
 			return false
 		case <-deadline.C:
 			return true
-		case <-w.slotFreed:
+		case <-freed:
 		}
 	}
 	return true
@@ -147,12 +251,11 @@ func resetTimer(t *time.Timer, d time.Duration) {
 // claim takes up to free due tasks (and, when sweep is set, tasks whose
 // lease lapsed) and starts them. It returns how many it claimed.
 //
-// The free slots are reserved (counted as running) while the claim is in the
-// database, and those it did not fill are given back when it returns: the
-// batch's tasks then start on their own goroutine (see startAll), so the
-// claim loop can send its next claim while they start.
+// The free slots were reserved (counted as running) by the caller, and
+// those the claim did not fill are given back when it returns: the batch's
+// tasks then start on their own goroutine (see startAll), so the loop can
+// send its next claim while they start.
 func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (n int, err error) {
-	w.running.Add(int64(free))
 	started := 0
 	defer func() { w.unreserve(free - started) }()
 	var claimed []*execution
@@ -192,14 +295,21 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 	return len(claimed), err
 }
 
-// claimPosition is where, in claim order (run_at, seq), the claim loop's
-// last claim stopped while a backlog was being worked off. Only the claim
-// loop uses it.
+// claimPosition is where, in claim order (run_at, seq), the last full claim
+// stopped while a backlog was being worked off. Both claim loops share it.
 type claimPosition struct {
+	mu    sync.Mutex
 	runAt time.Time
 	seq   int64
 	since time.Time // the claim from the start of the order it follows on from
+	epoch uint64    // w.posEpoch when the claim that set it was sent
 	ok    bool
+}
+
+func (p *claimPosition) drop() {
+	p.mu.Lock()
+	p.ok = false
+	p.mu.Unlock()
 }
 
 // claimDue claims up to n due tasks (and sets aside or cancels those a
@@ -209,39 +319,41 @@ type claimPosition struct {
 // Claimed rows leave their dead entries at the head of the claim index
 // until a vacuum removes them, and every scan from the start walks over
 // them: late in a large backlog that walk was most of a claim's cost. So
-// while claims come back full, each starts past the last row the previous
-// one took. A task can become due behind that position (added with a time
-// in the past, woken from a concurrency limit, released by another
+// while claims come back full, each starts past the furthest row a full
+// claim took. A task can become due behind that position (added with a
+// time in the past, woken from a concurrency limit, released by another
 // worker's failed claim, handed back by a worker that could not take its
 // concurrency slots), so the position is dropped, and the next claim
 // scans from the start, when a claim past it comes back short (the
 // backlog is done: the rest is looked for at once), when a task became
-// due (a NOTIFY woke the worker), and CheckInterval after the last scan
-// from the start.
+// due (a NOTIFY woke the worker, or this worker handed tasks back: both
+// advance w.posEpoch), and CheckInterval after the last scan from the
+// start. A claim sent while the other loop's is in the database skips the
+// rows that one holds locked.
 func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) {
 	pos := &w.claimPos
-	select {
-	case <-w.wake:
-		pos.ok = false
-	default:
-	}
-	if pos.ok && time.Since(pos.since) >= w.cfg.CheckInterval {
-		pos.ok = false
-	}
 	p := db.ClaimDueParams{
 		Queue: w.q.Name(), Worker: w.cfg.Name, MaxRows: int32(n), LeaseSeconds: w.leaseSeconds(),
 		TtlSeconds: w.ttlSeconds(),
 	}
-	resumed := pos.ok
-	if resumed {
-		p.AfterRunAt, p.AfterSeq = &pos.runAt, &pos.seq
+	pos.mu.Lock()
+	epoch := w.posEpoch.Load()
+	if pos.ok && (pos.epoch != epoch || time.Since(pos.since) >= w.cfg.CheckInterval) {
+		pos.ok = false
 	}
-	pos.ok = false
+	resumed, since := pos.ok, pos.since
+	if resumed {
+		runAt, seq := pos.runAt, pos.seq
+		p.AfterRunAt, p.AfterSeq = &runAt, &seq
+	}
+	pos.mu.Unlock()
 	rows, err := w.queries.ClaimDue(ctx, w.pool, p)
 	if err != nil {
+		pos.drop()
 		return nil, err
 	}
 	if len(rows) < n {
+		pos.drop()
 		if !resumed {
 			return rows, nil
 		}
@@ -250,23 +362,34 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 		return append(rows, more...), err
 	}
 	// A full batch: more is probably due past its last row.
-	if !resumed {
-		pos.since = time.Now()
-	}
-	pos.runAt, pos.seq = rows[0].RunAt, rows[0].Seq
+	runAt, seq := rows[0].RunAt, rows[0].Seq
 	for _, r := range rows[1:] {
-		if c := r.RunAt.Compare(pos.runAt); c > 0 || c == 0 && r.Seq > pos.seq {
-			pos.runAt, pos.seq = r.RunAt, r.Seq
+		if c := r.RunAt.Compare(runAt); c > 0 || c == 0 && r.Seq > seq {
+			runAt, seq = r.RunAt, r.Seq
 		}
 	}
-	pos.ok = true
+	if !resumed {
+		since = time.Now()
+	}
+	pos.mu.Lock()
+	defer pos.mu.Unlock()
+	if pos.ok && pos.epoch == epoch {
+		// The other loop's claim set it meanwhile: keep the further one.
+		if c := runAt.Compare(pos.runAt); c < 0 || c == 0 && seq < pos.seq {
+			return rows, nil
+		}
+		if pos.since.Before(since) {
+			since = pos.since
+		}
+	}
+	pos.runAt, pos.seq, pos.since, pos.epoch, pos.ok = runAt, seq, since, epoch, true
 	return rows, nil
 }
 
 // unreserve gives back n slots reserved for a claim that did not fill them.
-// It does not signal slotFreed: only the claim loop waits for it, and the
-// claim loop is the one giving the slots back (a signal here had an idle
-// worker claim again at once, in a loop).
+// It does not signal slotFreed: the loop giving them back is the one that
+// would wake (a signal here had an idle worker claim again at once, in a
+// loop); the helper signals the claim loop itself (see helpClaim).
 func (w *Worker) unreserve(n int) {
 	if n > 0 {
 		w.running.Add(int64(-n))
@@ -428,8 +551,8 @@ func (w *Worker) unclaim(ctx context.Context, runs []*execution) error {
 		return err
 	}
 	// The runs are due again where they were in claim order, behind the
-	// position the claim loop resumes from (unclaim runs on its goroutine).
-	w.claimPos.ok = false
+	// position claims resume from.
+	w.posEpoch.Add(1)
 	if len(waiting) > 0 {
 		if _, err := w.queries.WakeFreed(ctx, w.pool, db.WakeFreedParams{Queue: p.Queue, LimitKeys: waiting}); err != nil {
 			w.logger.Warn("waking tasks waiting for concurrency slots failed; the sweep will wake them", "error", err)
@@ -519,7 +642,7 @@ func (w *Worker) startAll(claimed []*execution, tasks *sync.WaitGroup) {
 			tasks.Go(func() {
 				defer func() {
 					w.running.Add(-1)
-					signal(w.slotFreed)
+					w.slotsFreed()
 				}()
 				w.execute(f)
 			})

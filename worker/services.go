@@ -139,7 +139,7 @@ func (f *finisher) flush(ctx context.Context) bool {
 		f.failures++
 		return true
 	}
-	signal(f.w.slotFreed) // a backlogged claim loop may go on
+	f.w.slotsFreed() // a backlogged claim loop may go on
 	return true
 }
 
@@ -303,6 +303,7 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 	}
 	// Anything may have become due, or been cancelled, while nobody
 	// listened: look for due tasks and check the running ones now.
+	w.posEpoch.Add(1)
 	signal(w.wake)
 	signal(w.renewNow)
 	for {
@@ -313,6 +314,7 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 		switch n.Channel {
 		case notify.Ready:
 			if n.Payload == w.q.Name() {
+				w.posEpoch.Add(1) // it may be due behind the claim position
 				signal(w.wake)
 			}
 		case notify.Cancel:

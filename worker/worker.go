@@ -150,7 +150,7 @@ type Worker struct {
 	queries  *db.Queries
 	logger   *slog.Logger
 	fallback *registration
-	claiming atomic.Bool  // the claim loop is running
+	claiming atomic.Bool  // the claim loops are running
 	contact  atomic.Int64 // unix nanoseconds of the last successful database round trip
 	tel      *telemetry.Telemetry
 	labels   sync.Map // task name → metric labels
@@ -158,16 +158,20 @@ type Worker struct {
 	started atomic.Bool
 
 	// Set by a run, read by its goroutines.
-	wake      chan struct{} // a notification or reconnect: tasks may be due
-	slotFreed chan struct{} // a handler returned
-	renewNow  chan struct{} // check the running tasks' leases and cancels now
-	running   atomic.Int64  // handlers running now, and slots reserved by a claim
-	claimPos  claimPosition // the claim loop's alone
-	inflight  inflightSet
-	done      *finisher
-	atMost    map[string]int // RunAtMost limits; nil otherwise
-	runs      map[string]int // claims per key under RunAtMost
-	atMostMu  sync.Mutex
+	wake            chan struct{} // a notification or reconnect: tasks may be due
+	slotFreed       chan struct{} // a handler returned (for the claim loop)
+	helperSlotFreed chan struct{} // the same, for the helper (see claimLoops)
+	backlogBegan    chan struct{} // a claim filled every free slot
+	backlog         atomic.Bool   // the last claim filled every free slot
+	posEpoch        atomic.Uint64 // advanced when a task may have become due behind claimPos
+	renewNow        chan struct{} // check the running tasks' leases and cancels now
+	running         atomic.Int64  // handlers running now, and slots reserved by a claim
+	claimPos        claimPosition
+	inflight        inflightSet
+	done            *finisher
+	atMost          map[string]int // RunAtMost limits; nil otherwise
+	runs            map[string]int // claims per key under RunAtMost
+	atMostMu        sync.Mutex
 }
 
 // New returns a worker for the queue cfg.Queue names, running the tasks
@@ -253,6 +257,8 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	}
 	w.wake = make(chan struct{}, 1)
 	w.slotFreed = make(chan struct{}, 1)
+	w.helperSlotFreed = make(chan struct{}, 1)
+	w.backlogBegan = make(chan struct{}, 1)
 	w.renewNow = make(chan struct{}, 1)
 	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
 	w.done = newFinisher(w)
@@ -284,7 +290,7 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 
 	// Tasks run under their own contexts, cancelled only by a cancel.
 	var tasks sync.WaitGroup
-	w.claimLoop(ctx, untilFinished, &tasks)
+	w.claimLoops(ctx, untilFinished, &tasks)
 	tasks.Wait()
 	w.done.drain()
 	stopServices()
