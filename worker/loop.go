@@ -64,7 +64,7 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 		}
 		if free > 0 {
 			sweep := time.Since(lastSweep) >= w.sweepInterval()
-			n, err := w.claimReserved(ctx, free, sweep, tasks)
+			n, _, err := w.claimReserved(ctx, free, sweep, tasks)
 			if err != nil {
 				if ctx.Err() != nil {
 					return
@@ -129,8 +129,8 @@ func (w *Worker) helpClaim(ctx context.Context, tasks *sync.WaitGroup) {
 			}
 			continue
 		}
-		if !w.waitForSlots(ctx, w.helperSlotFreed) {
-			return
+		if !w.waitForSlots(ctx, w.helperSlotFreed) || ctx.Err() != nil {
+			return // waitForSlots may see free slots first: no claim after a cancel
 		}
 		if w.done.backlogged() {
 			continue // the next wait lasts until the finisher catches up
@@ -139,9 +139,9 @@ func (w *Worker) helpClaim(ctx context.Context, tasks *sync.WaitGroup) {
 		if free == 0 {
 			continue // the claim loop took them
 		}
-		n, err := w.claimReserved(ctx, free, false, tasks)
-		if n < free {
-			signal(w.slotFreed)
+		n, started, err := w.claimReserved(ctx, free, false, tasks)
+		if started < free {
+			signal(w.slotFreed) // slots given back: the claim loop may wait for them
 		}
 		if err != nil {
 			if ctx.Err() != nil {
@@ -181,14 +181,14 @@ func (w *Worker) reserve() int {
 // bound. A claim that has started runs to its end even if ctx is cancelled
 // meanwhile: tasks the database handed over must be run (drained), not
 // left running under a lease nobody renews.
-func (w *Worker) claimReserved(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (int, error) {
+func (w *Worker) claimReserved(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (n, started int, err error) {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.opTimeout())
 	defer cancel()
-	n, err := w.claim(cctx, free, sweep, tasks)
+	n, started, err = w.claim(cctx, free, sweep, tasks)
 	if err == nil {
 		w.touched()
 	}
-	return n, err
+	return n, started, err
 }
 
 // slotsFreed tells both claim loops that a slot is free.
@@ -255,14 +255,13 @@ func resetTimer(t *time.Timer, d time.Duration) {
 // those the claim did not fill are given back when it returns: the batch's
 // tasks then start on their own goroutine (see startAll), so the loop can
 // send its next claim while they start.
-func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (n int, err error) {
-	started := 0
+func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.WaitGroup) (n, started int, err error) {
 	defer func() { w.unreserve(free - started) }()
 	var claimed []*execution
 	if sweep {
 		// The backstop for waiters whose slots freed without a release.
 		if _, err := w.queries.WakeWaiters(ctx, w.pool, w.q.Name()); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		mine, generations, _, started := w.inflight.snapshot()
 		rows, err := w.queries.ClaimLapsed(ctx, w.pool, db.ClaimLapsedParams{
@@ -271,7 +270,7 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 			InFlightStartedAts: started,
 		})
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		for _, r := range rows {
 			claimed = append(claimed, w.newExecution(r.Key, r.Task, r.Args, r.Generation, r.Attempt, r.RunAt, r.Deliveries, r.StartedAt, r.TraceContext))
@@ -288,11 +287,11 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 		}
 		if err != nil {
 			started, _ = w.admitAndStart(ctx, claimed, tasks) // already claimed: run them
-			return len(claimed), err
+			return len(claimed), started, err
 		}
 	}
 	started, err = w.admitAndStart(ctx, claimed, tasks)
-	return len(claimed), err
+	return len(claimed), started, err
 }
 
 // claimPosition is where, in claim order (run_at, seq), the last full claim
@@ -349,7 +348,9 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 	pos.mu.Unlock()
 	rows, err := w.queries.ClaimDue(ctx, w.pool, p)
 	if err != nil {
-		pos.drop()
+		// Its rows are due again, perhaps behind a position the other
+		// loop's claim is about to set: that one must not be kept either.
+		w.posEpoch.Add(1)
 		return nil, err
 	}
 	if len(rows) < n {
@@ -373,6 +374,9 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 	}
 	pos.mu.Lock()
 	defer pos.mu.Unlock()
+	if pos.ok && pos.epoch > epoch {
+		return rows, nil // set by a claim sent after a wake-up: keep it
+	}
 	if pos.ok && pos.epoch == epoch {
 		// The other loop's claim set it meanwhile: keep the further one.
 		if c := runAt.Compare(pos.runAt); c < 0 || c == 0 && seq < pos.seq {
