@@ -66,14 +66,9 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 			sweep := time.Since(lastSweep) >= w.sweepInterval()
 			n, _, err := w.claimReserved(ctx, free, sweep, tasks)
 			if err != nil {
-				if ctx.Err() != nil {
+				if !w.backOffAfter(ctx, err, &failures) {
 					return
 				}
-				w.logger.Warn("claim tasks failed; retrying", "error", err, "attempt", failures+1)
-				if !sleep(ctx, w.backoff(failures)) {
-					return
-				}
-				failures++
 				continue
 			}
 			if failures > 0 {
@@ -144,14 +139,9 @@ func (w *Worker) helpClaim(ctx context.Context, tasks *sync.WaitGroup) {
 			signal(w.slotFreed) // slots given back: the claim loop may wait for them
 		}
 		if err != nil {
-			if ctx.Err() != nil {
+			if !w.backOffAfter(ctx, err, &failures) {
 				return
 			}
-			w.logger.Warn("claim tasks failed; retrying", "error", err, "attempt", failures+1)
-			if !sleep(ctx, w.backoff(failures)) {
-				return
-			}
-			failures++
 			continue
 		}
 		failures = 0
@@ -159,6 +149,20 @@ func (w *Worker) helpClaim(ctx context.Context, tasks *sync.WaitGroup) {
 			w.backlog.Store(false)
 		}
 	}
+}
+
+// backOffAfter logs a failed claim and waits before the next try, longer
+// after each failure in a row. It reports false when ctx ended.
+func (w *Worker) backOffAfter(ctx context.Context, err error, failures *int) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	w.logger.Warn("claim tasks failed; retrying", "error", err, "attempt", *failures+1)
+	if !sleep(ctx, w.backoff(*failures)) {
+		return false
+	}
+	*failures++
+	return true
 }
 
 // reserve counts every free slot as running and returns how many it took;
@@ -249,7 +253,9 @@ func resetTimer(t *time.Timer, d time.Duration) {
 }
 
 // claim takes up to free due tasks (and, when sweep is set, tasks whose
-// lease lapsed) and starts them. It returns how many it claimed.
+// lease lapsed) and starts them. It returns how many it claimed and how
+// many of those it started (the rest were parked by a concurrency limit or
+// handed back).
 //
 // The free slots were reserved (counted as running) by the caller, and
 // those the claim did not fill are given back when it returns: the batch's
