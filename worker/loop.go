@@ -84,9 +84,11 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 				signal(w.backlogBegan)
 			}
 		}
-		if backlog {
-			// More is due: wait only for slots to free. Let a few free up
-			// first when many are busy, so claims come in batches.
+		if backlog || free == 0 {
+			// More is due, or nothing could be claimed (every slot busy,
+			// or outcomes waiting to be recorded): wait only for slots to
+			// free. Let a few free up first when many are busy, so claims
+			// come in batches.
 			if !w.waitForSlots(ctx, w.slotFreed) {
 				return
 			}
@@ -240,7 +242,11 @@ func (w *Worker) idleWait(ctx context.Context) time.Duration {
 	until := time.Until(next)
 	res := w.cfg.SchedulingResolution
 	until = (until + res - 1) / res * res
-	return max(min(wait, until), 0)
+	// A task already due that the claim just before did not take is
+	// locked by another transaction (an open cancel or replace, another
+	// worker's claim): check again after a resolution step, not at once,
+	// or the loop would query back to back while the lock lasts.
+	return min(wait, max(until, res))
 }
 
 func resetTimer(t *time.Timer, d time.Duration) {
@@ -366,6 +372,9 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 		}
 		p.AfterRunAt, p.AfterSeq, p.MaxRows = nil, nil, int32(n-len(rows))
 		more, err := w.queries.ClaimDue(ctx, w.pool, p)
+		if err != nil {
+			w.posEpoch.Add(1) // as above: its rows are due again
+		}
 		return append(rows, more...), err
 	}
 	// A full batch: more is probably due past its last row.

@@ -114,16 +114,22 @@ func (f *finisher) flush(ctx context.Context) bool {
 		// Still "writing" until the batch is wholly dealt with: drain
 		// (a graceful stop) waits for the slots to be released before
 		// the services' context is cancelled.
-		f.failures = 0
 		for _, o := range batch {
 			f.w.inflight.remove(o.key)
 		}
 	}
 	f.mu.Lock()
 	f.writing = false
+	// failures is shared with drain, which may flush on another goroutine
+	// while this one backs off.
+	failures := f.failures
 	if err != nil {
 		f.pending = append(batch, f.pending...)
-	} else if f.spare == nil {
+		f.failures++
+	} else {
+		f.failures = 0
+	}
+	if err == nil && f.spare == nil {
 		clear(batch) // no outcome stays reachable from the spare array
 		f.spare = batch[:0]
 	}
@@ -133,11 +139,7 @@ func (f *finisher) flush(ctx context.Context) bool {
 			return false
 		}
 		f.w.logger.Warn("recording task outcomes failed; retrying", "error", err, "tasks", n)
-		if !sleep(ctx, f.w.backoff(f.failures)) {
-			return false
-		}
-		f.failures++
-		return true
+		return sleep(ctx, f.w.backoff(failures))
 	}
 	f.w.slotsFreed() // a backlogged claim loop may go on
 	return true
