@@ -66,14 +66,35 @@ func (f *inflight) wasCancelled() bool {
 type inflightSet struct {
 	mu sync.Mutex
 	m  map[inflightKey]*inflight
+	// early holds the exact cancels that found no run in flight, with
+	// when they came: a claim commits before its runs are registered (after
+	// admission, which may take a round trip), so a cancel of a run just
+	// claimed can arrive first. add applies it.
+	early map[inflightKey]time.Time
 }
+
+// earlyCancelTTL bounds how long an unmatched cancel is kept, and
+// earlyCancelMax how many: every worker hears every cancel of its queue,
+// mostly of runs on other workers.
+const (
+	earlyCancelTTL = time.Minute
+	earlyCancelMax = 10_000
+)
 
 func (s *inflightSet) add(x *execution) *inflight {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &inflight{x: x, ctx: ctx, cancel: cancel}
+	k := runKey(x)
 	s.mu.Lock()
-	s.m[runKey(x)] = f
+	s.m[k] = f
+	_, early := s.early[k]
+	if early {
+		delete(s.early, k)
+	}
 	s.mu.Unlock()
+	if early {
+		f.markCancelled()
+	}
 	return f
 }
 
@@ -110,10 +131,31 @@ func (s *inflightSet) cancelRun(key string, generation int64) {
 func (s *inflightSet) cancelExact(k inflightKey) {
 	s.mu.Lock()
 	f := s.m[k]
+	if f == nil {
+		s.keepEarly(k, time.Now())
+	}
 	s.mu.Unlock()
 	if f != nil {
 		f.markCancelled()
 	}
+}
+
+// keepEarly remembers an unmatched cancel (see early). Called with mu held.
+func (s *inflightSet) keepEarly(k inflightKey, now time.Time) {
+	if s.early == nil {
+		s.early = make(map[inflightKey]time.Time)
+	}
+	if len(s.early) >= earlyCancelMax {
+		for ek, at := range s.early {
+			if now.Sub(at) > earlyCancelTTL {
+				delete(s.early, ek)
+			}
+		}
+		if len(s.early) >= earlyCancelMax {
+			return
+		}
+	}
+	s.early[k] = now
 }
 
 // snapshot lists the tasks in flight, sorted by key so that statements

@@ -637,7 +637,9 @@ func decodeSafely(decode func(json.RawMessage) (any, error), args json.RawMessag
 }
 
 // startAll registers every claimed task as in flight before starting any,
-// so a cancel notification that follows the claim always finds its task.
+// so a cancel notification that comes later finds its task; one that came
+// between the claim's commit and now was kept and is applied by
+// inflightSet.add.
 // The tasks' slots are already counted in w.running (reserved by the
 // claim). Decoding the arguments and starting the handlers happens on a
 // goroutine of its own, so that the claim loop is free to claim again
