@@ -35,26 +35,50 @@ func TestCancelBetweenClaimAndStartIsNotMissed(t *testing.T) {
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
 		return nil
 	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Max: 5}}})
+	pinged := make(chan struct{}, 1)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		pinged <- struct{}{}
+		return nil
+	}, worker.Policy{})
+	b.cfg.CheckInterval = time.Minute // after its first claim, only a NOTIFY wakes the worker
 	ctx := t.Context()
-	_, err := b.q.Add(ctx, Block{ID: "b"}, &queue.AddOpts{Key: "blk"})
-	require.NoError(t, err)
-	_, err = b.q.Add(ctx, Backup{DB: "x"}, &queue.AddOpts{Key: "bk"})
-	require.NoError(t, err)
 
 	// Hold the limit key's lock so that the claim's take_slots waits.
-	tx, err := b.pool.Begin(ctx)
+	lock, err := b.pool.Begin(ctx)
 	require.NoError(t, err)
-	_, err = tx.Exec(ctx, "SELECT shadows.lock_keys($1, ARRAY['task:backup'])", b.q.Name())
+	_, err = lock.Exec(ctx, "SELECT shadows.lock_keys($1, ARRAY['task:backup'])", b.q.Name())
 	require.NoError(t, err)
 
 	b.start(t)
+	// The worker is listening once a task it could only learn of by a
+	// notification runs: the cancel below must not be sent before.
+	for i := 0; ; i++ {
+		_, err := b.q.Add(ctx, Echo{Text: "ping"}, nil)
+		require.NoError(t, err)
+		select {
+		case <-pinged:
+		case <-time.After(time.Second):
+			require.Less(t, i, 20, "the worker never woke on a notification")
+			continue
+		}
+		break
+	}
+
+	// Both tasks become due at once, so one claim takes both.
+	tx, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = b.q.AddTx(ctx, tx, Block{ID: "b"}, &queue.AddOpts{Key: "blk"})
+	require.NoError(t, err)
+	_, err = b.q.AddTx(ctx, tx, Backup{DB: "x"}, &queue.AddOpts{Key: "bk"})
+	require.NoError(t, err)
+	require.NoError(t, tx.Commit(ctx))
 	eventually(t, "blk is claimed", func() bool {
 		ex, err := b.q.Execution(ctx, "blk")
 		return err == nil && ex.State == queue.StateRunning
 	})
 	require.NoError(t, b.q.Cancel(ctx, "blk"))
 	time.Sleep(300 * time.Millisecond) // the notification arrives
-	require.NoError(t, tx.Commit(ctx))
+	require.NoError(t, lock.Commit(ctx))
 	<-started
 	require.True(t, <-cancelled, "the cancel was missed: the handler ran on with a live context")
 }
