@@ -52,13 +52,7 @@ func TestClaimLoopWaitsWhenEverySlotIsBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.wake = make(chan struct{}, 1)
-	w.slotFreed = make(chan struct{}, 1)
-	w.helperSlotFreed = make(chan struct{}, 1)
-	w.backlogBegan = make(chan struct{}, 1)
-	w.renewNow = make(chan struct{}, 1)
-	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
-	w.done = newFinisher(w)
+	w.prepareRun()
 	if _, err := w.q.Add(t.Context(), spinArgs{N: 1}, nil); err != nil {
 		t.Fatal(err)
 	}

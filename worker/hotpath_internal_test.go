@@ -59,10 +59,7 @@ func benchmarkHotPath(b *testing.B, logger *slog.Logger) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	w.slotFreed = make(chan struct{}, 1)
-	w.helperSlotFreed = make(chan struct{}, 1)
-	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
-	w.done = newFinisher(w)
+	w.prepareRun()
 
 	const batch = 500
 	keys := make([]string, batch)

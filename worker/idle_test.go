@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,11 +15,17 @@ import (
 	"github.com/shadows-go/shadows/worker"
 )
 
-// statementCounter counts the statements sent through a pool.
-type statementCounter struct{ n atomic.Int64 }
+// statementCounter counts the statements sent through a pool; with match
+// set, only those whose SQL contains it.
+type statementCounter struct {
+	match string
+	n     atomic.Int64
+}
 
-func (c *statementCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	c.n.Add(1)
+func (c *statementCounter) TraceQueryStart(ctx context.Context, _ *pgx.Conn, d pgx.TraceQueryStartData) context.Context {
+	if c.match == "" || strings.Contains(d.SQL, c.match) {
+		c.n.Add(1)
+	}
 	return ctx
 }
 

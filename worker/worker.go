@@ -251,10 +251,9 @@ func (w *Worker) RunAtMost(ctx context.Context, limits map[string]int) error {
 
 var errAlreadyStarted = errors.New("worker: Run may be called once")
 
-func (w *Worker) run(ctx context.Context, untilFinished bool) error {
-	if !w.started.CompareAndSwap(false, true) {
-		return errAlreadyStarted
-	}
+// prepareRun makes the signals, the in-flight set and the finisher a run
+// uses.
+func (w *Worker) prepareRun() {
 	w.wake = make(chan struct{}, 1)
 	w.slotFreed = make(chan struct{}, 1)
 	w.helperSlotFreed = make(chan struct{}, 1)
@@ -262,6 +261,13 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	w.renewNow = make(chan struct{}, 1)
 	w.inflight = inflightSet{m: make(map[inflightKey]*inflight)}
 	w.done = newFinisher(w)
+}
+
+func (w *Worker) run(ctx context.Context, untilFinished bool) error {
+	if !w.started.CompareAndSwap(false, true) {
+		return errAlreadyStarted
+	}
+	w.prepareRun()
 
 	unregister := w.tel.Depths(func(ctx context.Context) (int64, int64, bool) {
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
