@@ -25,9 +25,11 @@ type finisher struct {
 	kick    chan struct{}
 	mu      sync.Mutex
 	pending []outcome
-	// spare is the array of the last batch written, emptied, for pending
-	// to grow into next: outcomes are large, and regrowing pending from
-	// nothing for every batch was a quarter of the worker's allocations.
+	// spare is the whole array of the last batch written, emptied, for
+	// pending to fill next. The two arrays take turns, so outcomes are
+	// appended into capacity that is already there: regrowing pending for
+	// every batch was a fifth of the worker's allocations and, copying
+	// outcomes from array to array, about 5% of its CPU in a burn.
 	spare    []outcome
 	writing  bool
 	flushMu  sync.Mutex // held while writing; lease renewal takes it too
@@ -99,16 +101,21 @@ func (f *finisher) flush(ctx context.Context) bool {
 		return false
 	}
 	n := min(len(f.pending), finishBatch)
-	batch := f.pending[:n:n]
-	f.pending = f.pending[n:]
-	if len(f.pending) == 0 && f.spare != nil {
-		f.pending, f.spare = f.spare, nil
-	}
-	f.writing = n > 0
-	f.mu.Unlock()
 	if n == 0 {
+		f.mu.Unlock()
 		return false
 	}
+	// The batch keeps its array to itself while it is written: what is
+	// left over, and everything pushed meanwhile, goes to the other one.
+	batch := f.pending[:n:n]
+	whole := f.pending
+	next := f.spare
+	if next == nil {
+		next = make([]outcome, 0, cap(whole))
+	}
+	f.pending, f.spare = append(next, f.pending[n:]...), nil
+	f.writing = true
+	f.mu.Unlock()
 	err := f.write(ctx, batch)
 	if err == nil {
 		// Still "writing" until the batch is wholly dealt with: drain
@@ -129,9 +136,9 @@ func (f *finisher) flush(ctx context.Context) bool {
 	} else {
 		f.failures = 0
 	}
-	if err == nil && f.spare == nil {
-		clear(batch) // no outcome stays reachable from the spare array
-		f.spare = batch[:0]
+	if err == nil {
+		clear(whole) // no outcome stays reachable from the spare array
+		f.spare = whole[:0]
 	}
 	f.mu.Unlock()
 	if err != nil {
