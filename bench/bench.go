@@ -103,8 +103,8 @@ func (b *bench) all(ctx context.Context) error {
 		}
 	}
 
-	var crowd, strikes, limits burnResult
-	if o.phases["crowded"] || o.phases["strikes"] {
+	var crowd, strikes, limits, keys burnResult
+	if o.phases["crowded"] || o.phases["strikes"] || o.phases["keys"] {
 		if burn.rate == 0 {
 			if burn, err = b.shadowsBurn(ctx, burnScenario{label: "burn"}, best); err != nil {
 				return err
@@ -118,6 +118,11 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	if o.phases["strikes"] {
 		if strikes, err = b.shadowsBurn(ctx, strikes100(), best); err != nil {
+			return err
+		}
+	}
+	if o.phases["keys"] {
+		if keys, err = b.shadowsBurn(ctx, randomKeys(), best); err != nil {
 			return err
 		}
 	}
@@ -189,6 +194,9 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	if o.phases["strikes"] {
 		b.summary("strikes ratio=%s shadows=%.0f clean=%.0f", ratio(strikes.rate, burn.rate), strikes.rate, burn.rate)
+	}
+	if o.phases["keys"] {
+		b.summary("keys ratio=%s shadows=%.0f clean=%.0f", ratio(keys.rate, burn.rate), keys.rate, burn.rate)
 	}
 	if o.phases["limits"] {
 		b.summary("limits ratio=%s shadows=%.0f pgfloor=%.0f", ratio(limits.rate, floorBurn.rate), limits.rate, floorBurn.rate)
@@ -270,6 +278,9 @@ func (b *bench) shadowsBurn(ctx context.Context, sc burnScenario, concurrency in
 		entries[i].Args = benchArgs{OrderID: 12345, CustomerID: "c-1"}
 		if sc.customers > 0 {
 			entries[i].Args = benchArgs{OrderID: 12345, CustomerID: fmt.Sprint("c-", i%sc.customers)}
+		}
+		if sc.key != nil {
+			entries[i].Key = sc.key(i)
 		}
 	}
 	t0 := time.Now()

@@ -22,6 +22,8 @@
 //	            -mode latency (commit → claimed)
 //	addmany     the AddMany of the burn, vs pgfloor's COPY rate
 //	rss         peak RSS (VmHWM) of the worker process of the burn
+//	keys        the burn with random (UUID v4) keys chosen by the caller,
+//	            vs the clean burn (whose keys are shadows' time-ordered ones)
 //	sql         the worker's claim and completion statements alone, driven
 //	            as pgfloor drives its own (4 connections, 1,000 per claim,
 //	            no worker): how much of the gap to pgfloor is the database's
@@ -98,7 +100,7 @@ type options struct {
 	analyze       bool
 }
 
-const allPhases = "burn,burn_nottl,continuous,latency,crowded,strikes,limits,sql,waiting"
+const allPhases = "burn,burn_nottl,continuous,latency,crowded,strikes,keys,limits,sql,waiting"
 
 func main() {
 	if os.Getenv(childEnv) != "" {
@@ -114,7 +116,7 @@ func main() {
 	flag.IntVar(&o.latencyRate, "latency-rate", 50, "inserts per second in the latency measure")
 	flag.StringVar(&concurrency, "concurrency", defaultConcurrency, "worker Concurrency for burn and continuous; with several comma-separated values the burn runs at each and the fastest is used")
 	flag.IntVar(&o.poolConns, "pool-conns", 0, "MaxConns of the worker's pool (0: pgxpool's default, max(4, NumCPU))")
-	flag.StringVar(&phases, "phases", allPhases, "comma-separated measures to run: burn (also gives addmany and rss), burn_nottl, continuous, latency, crowded, strikes, limits, sql, waiting")
+	flag.StringVar(&phases, "phases", allPhases, "comma-separated measures to run: burn (also gives addmany and rss), burn_nottl, continuous, latency, crowded, strikes, keys, limits, sql, waiting")
 	flag.StringVar(&sweep, "sweep", "", "comma-separated concurrencies: only run the shadows burn at each and print its rate")
 	flag.StringVar(&o.pgfloor, "pgfloor", os.Getenv("PGFLOOR"), "pgfloor binary, or its source directory (default: ../shared/tools/pgfloor beside the repository root)")
 	flag.BoolVar(&o.floorKeep, "pgfloor-keep", true, "also run pgfloor burn -keep (completes by UPDATE, as shadows does with an ExecutionTTL) and print it")

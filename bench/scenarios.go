@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/shadows-go/shadows/queue"
 	"github.com/shadows-go/shadows/strike"
 )
@@ -25,6 +27,9 @@ type burnScenario struct {
 	customers int
 	// limitMax limits each customer_id to that many running tasks.
 	limitMax int
+	// key, when set, gives each task a key of the caller's choosing
+	// instead of the default (time-ordered) one.
+	key func(i int) string
 }
 
 // crowded puts 100,000 future tasks and 10,000 due tasks that a hold strike
@@ -83,6 +88,14 @@ func strikes100() burnScenario {
 // limited spreads the burn over 1,000 customers, each limited to 5 at once.
 func limited() burnScenario {
 	return burnScenario{label: "limits", describe: "1,000 customers, at most 5 running per customer", customers: 1000, limitMax: 5}
+}
+
+// randomKeys gives every task a random key (a version 4 UUID), as callers do
+// who key tasks by what they are about rather than letting shadows pick:
+// every claim and outcome then writes its primary-key entry into a random
+// leaf page of that index instead of next to the previous one.
+func randomKeys() burnScenario {
+	return burnScenario{label: "keys", describe: "random (UUID v4) task keys", key: func(int) string { return uuid.NewString() }}
 }
 
 // waiting measures what 1,000 tasks waiting on one full limit cost: the
