@@ -217,7 +217,7 @@ func testSlotFreedAfterKill(t *testing.T, bin string) {
 	a.kill(t)
 	killedAt := dbNow(t, pool)
 	// A renews no more — once a renewal it sent before it died has ended:
-	// its last lease is when its slot frees.
+	// its last leases are when the holder may run again and when its slot frees.
 	waitConnectionsClosed(t, pool, "SA")
 	var leaseEnd time.Time
 	var slotEnd *time.Time // nil once a sweep deleted the lapsed slot
