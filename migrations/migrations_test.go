@@ -36,7 +36,7 @@ FROM information_schema.columns WHERE table_schema = 'shadows'
 UNION ALL
 SELECT 'index ' || indexdef FROM pg_indexes WHERE schemaname = 'shadows'
 UNION ALL
-SELECT 'function ' || p.proname || ' ' || md5(p.prosrc)
+SELECT 'function ' || p.proname || ' ' || md5(p.prosrc) || ' ' || coalesce(array_to_string(p.proconfig, ','), '')
 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'shadows'
 UNION ALL
 SELECT 'view ' || table_name || ' ' || md5(view_definition) FROM information_schema.views WHERE table_schema = 'shadows'
@@ -84,6 +84,35 @@ func TestUpIsIdempotentAndDownWorks(t *testing.T) {
 	require.False(t, hasSchema(t, pool), "down removes the shadows schema")
 	require.NoError(t, migrations.Up(ctx, pool))
 	require.Equal(t, first, schema(t, pool))
+}
+
+// Slot rows live for one run each, so a busy limit key leaves a trail of
+// dead slots until VACUUM. Only plain index scans mark the entries of dead
+// rows so later probes skip them; every function that looks slots up must
+// keep bitmap (and sequential) scans off, including any later migration's
+// CREATE OR REPLACE, which drops settings it does not repeat.
+func TestSlotFunctionsProbeByIndexOnly(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool := connect(t, pgtest.EmptyDatabase(t))
+	require.NoError(t, migrations.Up(ctx, pool))
+	rows, err := pool.Query(ctx, `
+SELECT p.proname, coalesce(p.proconfig, '{}')
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = 'shadows' AND p.prosrc ~ 'shadows\.slots([^/]|$)' -- not lock_keys' lock names
+ORDER BY 1`)
+	require.NoError(t, err)
+	type fn struct {
+		Name   string
+		Config []string
+	}
+	fns, err := pgx.CollectRows(rows, pgx.RowToStructByPos[fn])
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, len(fns), 6, "the functions that read or write slots")
+	for _, f := range fns {
+		require.Contains(t, f.Config, "enable_bitmapscan=off", f.Name)
+		require.Contains(t, f.Config, "enable_seqscan=off", f.Name)
+	}
 }
 
 func TestConcurrentMigratorsDoNotRace(t *testing.T) {
