@@ -234,11 +234,15 @@ WITH old AS (
     WHERE t.queue = $1::text AND t.key = old.key
     RETURNING old.state AS previous, old.generation, old.started_at
 )
-SELECT upd.previous,
-    CASE WHEN upd.previous = 'running'
+SELECT upd.previous, upd.generation,
+    CASE WHEN upd.previous = 'running' OR upd.generation > 1
          THEN (SELECT true FROM pg_notify('shadows_cancel', json_build_object(
-                   'queue', $1::text, 'key', $2::text, 'generation', upd.generation,
-                   'started', (extract(epoch FROM upd.started_at) * 1000000)::bigint)::text))
+                   'queue', $1::text, 'key', $2::text,
+                   'generation', CASE WHEN upd.previous = 'running' THEN upd.generation
+                                      ELSE upd.generation - 1 END,
+                   'started', CASE WHEN upd.previous = 'running'
+                                   THEN (extract(epoch FROM upd.started_at) * 1000000)::bigint END,
+                   'below', upd.generation)::text))
          ELSE false END::bool AS notified,
     (SELECT true FROM pg_notify('shadows_done', $1::text))::bool AS notified_done
 FROM upd
@@ -252,6 +256,7 @@ type CancelTaskParams struct {
 
 type CancelTaskRow struct {
 	Previous     ShadowsTaskState
+	Generation   int64
 	Notified     bool
 	NotifiedDone bool
 }
@@ -263,11 +268,21 @@ type CancelTaskRow struct {
 // run's generation, cancels the handler and records how it really ended
 // (cancelled, or as the handler ended if it ignored the cancel). Until
 // then the row stays running, so the run keeps its lease and its slots.
-// Result waiters are woken.
+// As docket's cancel stops whatever runs under the key, the notification
+// also names the generation below which every run of the key stops: runs
+// that a replace, or a cancel and a new add, left running under an older
+// generation. A scheduled row past generation 1 may have such runs, so its
+// cancel notifies too ("generation" then names the generation before it,
+// which workers of earlier versions cancel). Result waiters are woken.
 func (q *Queries) CancelTask(ctx context.Context, db DBTX, arg CancelTaskParams) (CancelTaskRow, error) {
 	row := db.QueryRow(ctx, cancelTask, arg.Queue, arg.Key, arg.TtlSeconds)
 	var i CancelTaskRow
-	err := row.Scan(&i.Previous, &i.Notified, &i.NotifiedDone)
+	err := row.Scan(
+		&i.Previous,
+		&i.Generation,
+		&i.Notified,
+		&i.NotifiedDone,
+	)
 	return i, err
 }
 
@@ -360,16 +375,21 @@ func (q *Queries) DeleteExpired(ctx context.Context, db DBTX, maxRows int32) (in
 }
 
 const deleteTask = `-- name: DeleteTask :exec
-DELETE FROM shadows.tasks WHERE queue = $1::text AND key = $2::text AND state <> 'running'
+DELETE FROM shadows.tasks
+WHERE queue = $1::text AND key = $2::text AND state = 'cancelled' AND generation = $3::bigint
 `
 
 type DeleteTaskParams struct {
-	Queue string
-	Key   string
+	Queue      string
+	Key        string
+	Generation int64
 }
 
+// Removes the record of a task that Cancel just ended, for a queue without
+// record lifetime. Only that record: a task added again under the key
+// between the two statements (a new generation) stays.
 func (q *Queries) DeleteTask(ctx context.Context, db DBTX, arg DeleteTaskParams) error {
-	_, err := db.Exec(ctx, deleteTask, arg.Queue, arg.Key)
+	_, err := db.Exec(ctx, deleteTask, arg.Queue, arg.Key, arg.Generation)
 	return err
 }
 

@@ -143,7 +143,12 @@ SELECT pg_notify('shadows_ready', @queue::text);
 -- run's generation, cancels the handler and records how it really ended
 -- (cancelled, or as the handler ended if it ignored the cancel). Until
 -- then the row stays running, so the run keeps its lease and its slots.
--- Result waiters are woken.
+-- As docket's cancel stops whatever runs under the key, the notification
+-- also names the generation below which every run of the key stops: runs
+-- that a replace, or a cancel and a new add, left running under an older
+-- generation. A scheduled row past generation 1 may have such runs, so its
+-- cancel notifies too ("generation" then names the generation before it,
+-- which workers of earlier versions cancel). Result waiters are woken.
 WITH old AS (
     SELECT key, state, generation, started_at FROM shadows.tasks
     WHERE queue = @queue::text AND key = @key::text AND state IN ('scheduled', 'running')
@@ -160,17 +165,25 @@ WITH old AS (
     WHERE t.queue = @queue::text AND t.key = old.key
     RETURNING old.state AS previous, old.generation, old.started_at
 )
-SELECT upd.previous,
-    CASE WHEN upd.previous = 'running'
+SELECT upd.previous, upd.generation,
+    CASE WHEN upd.previous = 'running' OR upd.generation > 1
          THEN (SELECT true FROM pg_notify('shadows_cancel', json_build_object(
-                   'queue', @queue::text, 'key', @key::text, 'generation', upd.generation,
-                   'started', (extract(epoch FROM upd.started_at) * 1000000)::bigint)::text))
+                   'queue', @queue::text, 'key', @key::text,
+                   'generation', CASE WHEN upd.previous = 'running' THEN upd.generation
+                                      ELSE upd.generation - 1 END,
+                   'started', CASE WHEN upd.previous = 'running'
+                                   THEN (extract(epoch FROM upd.started_at) * 1000000)::bigint END,
+                   'below', upd.generation)::text))
          ELSE false END::bool AS notified,
     (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done
 FROM upd;
 
 -- name: DeleteTask :exec
-DELETE FROM shadows.tasks WHERE queue = @queue::text AND key = @key::text AND state <> 'running';
+-- Removes the record of a task that Cancel just ended, for a queue without
+-- record lifetime. Only that record: a task added again under the key
+-- between the two statements (a new generation) stays.
+DELETE FROM shadows.tasks
+WHERE queue = @queue::text AND key = @key::text AND state = 'cancelled' AND generation = @generation::bigint;
 
 -- name: GetTask :one
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,

@@ -442,7 +442,8 @@ func (q *Queue) cancel(ctx context.Context, conn dbtx, key string) (err error) {
 		return fmt.Errorf("cancel %q: %w", key, err)
 	}
 	if q.cfg.ExecutionTTL < 0 && row.Previous != db.ShadowsTaskStateRunning {
-		if err := q.queries.DeleteTask(ctx, conn, db.DeleteTaskParams{Queue: q.cfg.Name, Key: key}); err != nil {
+		err := q.queries.DeleteTask(ctx, conn, db.DeleteTaskParams{Queue: q.cfg.Name, Key: key, Generation: row.Generation})
+		if err != nil {
 			return fmt.Errorf("cancel %q: delete record: %w", key, err)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/internal/pgtext"
 	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
@@ -118,6 +119,23 @@ func (s *inflightSet) cancelRun(key string, generation int64) {
 	var hit []*inflight
 	for k, f := range s.m {
 		if k.key == key && (generation == 0 || k.generation == generation) {
+			hit = append(hit, f)
+		}
+	}
+	s.mu.Unlock()
+	for _, f := range hit {
+		f.markCancelled()
+	}
+}
+
+// cancelBelow cancels every run of key whose generation is below
+// generation: runs whose record moved on (replaced, or cancelled and added
+// again) while they ran, which a cancel of the key stops as well.
+func (s *inflightSet) cancelBelow(key string, generation int64) {
+	s.mu.Lock()
+	var hit []*inflight
+	for k, f := range s.m {
+		if k.key == key && k.generation < generation {
 			hit = append(hit, f)
 		}
 	}
@@ -229,6 +247,30 @@ type outcome struct {
 	nextAttempt int
 }
 
+// makeStorable turns an outcome the database would refuse into one it
+// stores: the error text loses NUL bytes and invalid UTF-8, and a result or
+// next run's arguments that jsonb cannot hold fail the run instead (with
+// an error saying why) rather than fail, again and again, the batch that
+// records it along with other runs' outcomes.
+func (o *outcome) makeStorable() {
+	o.err = pgtext.Text(o.err)
+	if err := pgtext.CheckJSON(o.result); err != nil {
+		o.state, o.result = stateFailed, nil
+		o.err = "the task's result cannot be stored: " + err.Error()
+	}
+	if err := pgtext.CheckJSON(o.nextArgs); err != nil {
+		o.state, o.nextArgs, o.nextAt, o.nextAttempt = stateFailed, nil, time.Time{}, 0
+		o.err = "the next run's arguments cannot be stored: " + err.Error()
+	}
+}
+
+// unstorable is the outcome recorded in place of one the database refused
+// (see finisher.writeEach): the run failed, with the server's reason.
+func (o outcome) unstorable(err error) outcome {
+	return outcome{key: o.key, deliveries: o.deliveries, slots: o.slots, runID: o.runID, state: stateFailed,
+		err: pgtext.Text("the task's outcome could not be stored: " + err.Error())}
+}
+
 // execute runs one claimed task and hands its outcome to the finisher.
 func (w *Worker) execute(f *inflight) {
 	x := f.x
@@ -303,6 +345,7 @@ func (w *Worker) execute(f *inflight) {
 		}
 	}
 	w.decide(&out, f, reg, err, result)
+	out.makeStorable()
 	w.measure(runCtx, span, x, &out, err, took, attrs)
 	switch out.state {
 	case stateFailed:

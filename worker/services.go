@@ -43,6 +43,7 @@ func newFinisher(w *Worker) *finisher {
 }
 
 func (f *finisher) push(o outcome) {
+	o.makeStorable()
 	f.mu.Lock()
 	f.pending = append(f.pending, o)
 	f.mu.Unlock()
@@ -118,22 +119,17 @@ func (f *finisher) flush(ctx context.Context) bool {
 	f.pending, f.spare = append(next, f.pending[n:]...), nil
 	f.writing = true
 	f.mu.Unlock()
-	err := f.write(ctx, batch)
-	if err == nil {
-		// Still "writing" until the batch is wholly dealt with: drain
-		// (a graceful stop) waits for the slots to be released before
-		// the services' context is cancelled.
-		for _, o := range batch {
-			f.w.inflight.remove(o.key)
-		}
-	}
+	// Still "writing" until the batch is wholly dealt with (its runs
+	// recorded and no longer in flight): drain (a graceful stop) waits for
+	// the slots to be released before the services' context is cancelled.
+	written, err := f.writeAll(ctx, batch)
 	f.mu.Lock()
 	f.writing = false
 	// failures is shared with drain, which may flush on another goroutine
 	// while this one backs off.
 	failures := f.failures
 	if err != nil {
-		f.pending = append(batch, f.pending...)
+		f.pending = append(batch[written:], f.pending...)
 		f.failures++
 	} else {
 		f.failures = 0
@@ -152,6 +148,46 @@ func (f *finisher) flush(ctx context.Context) bool {
 	}
 	f.w.slotsFreed() // a backlogged claim loop may go on
 	return true
+}
+
+// writeAll writes a batch and returns how many of its outcomes, from the
+// start, are recorded. When the server refuses the batch for a value one
+// of its outcomes holds (see runFault), the outcomes are written one by
+// one, and one refused alone is recorded as a failed run with the server's
+// reason instead: a single bad outcome must hold back neither the others
+// nor, retried forever, itself (its run would stay running, renewed, and
+// the worker would stop claiming once outcomes piled up).
+//
+// The recorded runs leave the in-flight set before lease renewal, which
+// is serialised with the writes, may look at it again: it would renew
+// their released slots and warn that they had lapsed.
+func (f *finisher) writeAll(ctx context.Context, batch []outcome) (written int, err error) {
+	f.flushMu.Lock()
+	defer f.flushMu.Unlock()
+	defer func() {
+		for _, o := range batch[:written] {
+			f.w.inflight.remove(o.key)
+		}
+	}()
+	if err = f.write(ctx, batch); err == nil {
+		return len(batch), nil
+	}
+	if !runFault(err) || ctx.Err() != nil {
+		return 0, err
+	}
+	f.w.logger.Warn("the database refused a batch of task outcomes; recording them one by one", "error", err, "tasks", len(batch))
+	for i, o := range batch {
+		err := f.write(ctx, batch[i:i+1])
+		if err != nil && runFault(err) {
+			f.w.logger.Error("the database refused a task's outcome; recording the run as failed", "key", o.key.key, "error", err)
+			batch[i] = o.unstorable(err)
+			err = f.write(ctx, batch[i:i+1])
+		}
+		if err != nil {
+			return i, err
+		}
+	}
+	return len(batch), nil
 }
 
 func (f *finisher) write(ctx context.Context, batch []outcome) error {
@@ -194,16 +230,14 @@ func (f *finisher) write(ctx context.Context, batch []outcome) error {
 	})
 }
 
-// record runs one outcome statement for a batch, serialised with lease
-// renewal (which locks the same rows), and counts the outcomes it did not
-// record: runs whose task was replaced, or whose lease was taken over,
-// meanwhile. When runs of the batch hold concurrency slots, the slots are
+// record runs one outcome statement for a batch (its caller holds
+// flushMu, serialising it with lease renewal, which locks the same rows),
+// and counts the outcomes it did not record: runs whose task was replaced,
+// or whose lease was taken over, meanwhile. When runs of the batch hold concurrency slots, the slots are
 // released in the same transaction: a slot never outlives the record of
 // its run's end, and a rescheduled run never finds its predecessor's slot
 // still held. Tasks waiting on the freed keys are woken after the commit.
 func (f *finisher) record(ctx context.Context, batch []outcome, run func(context.Context, db.DBTX) (int64, error)) error {
-	f.flushMu.Lock()
-	defer f.flushMu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, f.w.opTimeout())
 	defer cancel()
 	var release db.ReleaseSlotsParams
@@ -330,10 +364,14 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 			}
 		case notify.Cancel:
 			if p, ok := notify.ParseCancel(n.Payload); ok && p.Queue == w.q.Name() {
-				if p.Generation != 0 && p.Started != 0 {
+				switch {
+				case p.Generation != 0 && p.Started != 0:
 					w.inflight.cancelExact(inflightKey{p.Key, p.Generation, p.Started})
-				} else {
+				case p.Below == 0:
 					w.inflight.cancelRun(p.Key, p.Generation)
+				}
+				if p.Below != 0 {
+					w.inflight.cancelBelow(p.Key, p.Below)
 				}
 			}
 		}

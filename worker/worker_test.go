@@ -877,3 +877,80 @@ func TestOldRunSharingKeyAndGenerationEndsOnlyItself(t *testing.T) {
 	require.Equal(t, queue.StateCompleted, ex.State)
 	require.EqualValues(t, 1, ex.Generation)
 }
+
+// Values PostgreSQL cannot store (a NUL byte, invalid UTF-8, a result with
+// the JSON escape \u0000) fail only their own run, with an error saying
+// why, and the outcomes recorded in the same batch are recorded: a refused
+// batch once stayed pending forever, its runs running.
+func TestUnstorableOutcomeFailsOnlyItsRun(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		switch task.Args.Text {
+		case "nul result":
+			return task.SetResult("a\x00b")
+		case "bad error":
+			return errors.New("bad \x00 and \xff bytes")
+		}
+		return nil
+	}, worker.Policy{})
+	b.cfg.Concurrency = 10
+	ctx := t.Context()
+	texts := []string{"plain 1", "nul result", "plain 2", "bad error", "plain 3", "plain 4"}
+	for _, text := range texts {
+		_, err := b.q.Add(ctx, Echo{Text: text}, &queue.AddOpts{Key: text})
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+	for _, text := range texts {
+		ex, err := b.q.Execution(ctx, text)
+		require.NoError(t, err, text)
+		switch text {
+		case "nul result":
+			require.Equal(t, queue.StateFailed, ex.State)
+			require.Contains(t, ex.Error, `result cannot be stored: JSON with the escape \u0000`)
+		case "bad error":
+			require.Equal(t, queue.StateFailed, ex.State)
+			require.Equal(t, "bad  and \uFFFD bytes", ex.Error)
+		default:
+			require.Equal(t, queue.StateCompleted, ex.State, text)
+		}
+	}
+}
+
+// As docket's cancel stops whatever runs under the key, cancelling a key
+// whose running copy was replaced stops that copy too, not only the
+// scheduled replacement.
+func TestCancelStopsTheReplacedCopyStillRunning(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	started := make(chan struct{}, 1)
+	stopped := make(chan error, 1)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		if task.Args.Text == "old" {
+			started <- struct{}{}
+			<-ctx.Done()
+			stopped <- ctx.Err()
+			return ctx.Err()
+		}
+		return nil
+	}, worker.Policy{})
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Echo{Text: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	<-started
+	_, err = b.q.Replace(ctx, Echo{Text: "new"}, queue.AddOpts{Key: "k", When: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	require.NoError(t, b.q.Cancel(ctx, "k"))
+	select {
+	case err := <-stopped:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the replaced copy still runs after the cancel")
+	}
+	ex, err := b.q.Execution(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCancelled, ex.State, "the replacement is cancelled")
+	require.EqualValues(t, 2, ex.Generation)
+}

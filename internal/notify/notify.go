@@ -10,9 +10,12 @@ const (
 	// that made tasks due (at most one per queue: PostgreSQL folds identical
 	// notifications of one transaction).
 	Ready = "shadows_ready"
-	// Cancel is notified when a running task is cancelled; the payload is a
-	// JSON object with "queue", "key", the run's "generation" and its claim
-	// time ("started", Unix microseconds).
+	// Cancel is notified when a running task is cancelled, or a scheduled
+	// one past its first generation (a run of an older generation may still
+	// be going); the payload is a JSON object with "queue", "key", the
+	// run's "generation" and claim time ("started", Unix microseconds; null
+	// when no run of that generation is named) and "below", the generation
+	// below which every run of the key stops.
 	Cancel = "shadows_cancel"
 	// Done is notified, with the queue name as payload, once per transaction
 	// that recorded the end of tasks, to wake callers waiting for results.
@@ -29,6 +32,10 @@ type CancelPayload struct {
 	// Started is the run's claim time in Unix microseconds; 0 (a payload
 	// without one) means every run of the key at Generation.
 	Started int64 `json:"started,omitempty"`
+	// Below, when not 0, stops every run of the key whose generation is
+	// lower: runs a replace (or a cancel and a new add) left running under
+	// a generation the record has moved past.
+	Below int64 `json:"below,omitempty"`
 }
 
 // ParseCancel decodes a [Cancel] payload. A malformed payload yields ok=false.

@@ -12,6 +12,9 @@ func TestParseCancel(t *testing.T) {
 			CancelPayload{Queue: "q", Key: "k", Generation: 3, Started: 1764270000123456}, true},
 		{`{"queue":"q","key":"k","generation":3}`, CancelPayload{Queue: "q", Key: "k", Generation: 3}, true},
 		{`{"queue":"q","key":"k"}`, CancelPayload{Queue: "q", Key: "k"}, true}, // every run of k
+		// A scheduled row's cancel: no run of its own, older runs stop.
+		{`{"queue":"q","key":"k","generation":2,"started":null,"below":3}`,
+			CancelPayload{Queue: "q", Key: "k", Generation: 2, Below: 3}, true},
 		{`{"queue":"q"}`, CancelPayload{}, false},
 		{`not json`, CancelPayload{}, false},
 	} {
