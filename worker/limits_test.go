@@ -938,3 +938,55 @@ func TestUnclaimHandsBackOnlyTheClaimedRuns(t *testing.T) {
 		require.Equal(t, w.deliveries, deliveries, key)
 	}
 }
+
+// A claim that fills every free slot but has some of its runs parked by a
+// limit gives those slots back at once: the worker claims again instead of
+// waiting, with free slots, for a running task to end (it once sat there
+// while due tasks waited, for as long as its handlers ran).
+func TestParkedRunsDoNotLeaveFreeSlotsIdle(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	release := make(chan struct{})
+	defer close(release)
+	started := make(chan string, 20)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		started <- "block"
+		<-release
+		return nil
+	}, worker.Policy{})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Backup]) error {
+		started <- "backup"
+		<-release
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "db", Max: 1}}})
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		started <- "echo"
+		return nil
+	}, worker.Policy{})
+	b.cfg.Concurrency = 10
+	ctx := t.Context()
+	for range 8 {
+		_, err := b.q.Add(ctx, Block{}, nil)
+		require.NoError(t, err)
+	}
+	for range 2 { // the second waits for the first: its slot is free again
+		_, err := b.q.Add(ctx, Backup{DB: "main"}, nil)
+		require.NoError(t, err)
+	}
+	b.start(t)
+	for range 9 {
+		select {
+		case <-started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the first nine tasks did not start")
+		}
+	}
+	_, err := b.q.Add(ctx, Echo{Text: "quick"}, nil)
+	require.NoError(t, err)
+	select {
+	case s := <-started:
+		require.Equal(t, "echo", s)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a due task waited while a slot was free")
+	}
+}

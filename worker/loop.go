@@ -64,7 +64,7 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 		}
 		if free > 0 {
 			sweep := time.Since(lastSweep) >= w.sweepInterval()
-			n, _, err := w.claimReserved(ctx, free, sweep, tasks)
+			n, started, err := w.claimReserved(ctx, free, sweep, tasks)
 			if err != nil {
 				if !w.backOffAfter(ctx, err, &failures) {
 					return
@@ -82,6 +82,14 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 			w.backlog.Store(backlog)
 			if backlog {
 				signal(w.backlogBegan)
+			}
+			if backlog && started < n {
+				// A limit parked some of the runs: their slots are free
+				// again and more is due. Claim at once; waiting for slots
+				// to free would wait for running tasks to end, while
+				// these slots sat idle. (Parked runs leave the claimable
+				// rows, so this does not claim the same rows again.)
+				continue
 			}
 		}
 		if backlog || free == 0 {
