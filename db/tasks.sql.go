@@ -467,6 +467,94 @@ func (q *Queries) GetTask(ctx context.Context, db DBTX, arg GetTaskParams) (GetT
 	return i, err
 }
 
+const getTasks = `-- name: GetTasks :many
+SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
+       worker, started_at, finished_at, expires_at, error, result, created_at,
+       progress_current, progress_total, progress_message, progress_at, held,
+       coalesce(waiting_on, '')::text AS waiting_on, cancel_requested,
+       now()::timestamptz AS now
+FROM shadows.tasks
+WHERE queue = $1::text AND key = ANY ($2::text[])
+`
+
+type GetTasksParams struct {
+	Queue string
+	Keys  []string
+}
+
+type GetTasksRow struct {
+	Queue           string
+	Key             string
+	Task            string
+	Args            json.RawMessage
+	State           ShadowsTaskState
+	Generation      int64
+	RunAt           time.Time
+	Attempt         int32
+	Deliveries      int32
+	Worker          *string
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+	ExpiresAt       *time.Time
+	Error           *string
+	Result          json.RawMessage
+	CreatedAt       time.Time
+	ProgressCurrent *int64
+	ProgressTotal   *int64
+	ProgressMessage *string
+	ProgressAt      *time.Time
+	Held            bool
+	WaitingOn       string
+	CancelRequested bool
+	Now             time.Time
+}
+
+// GetTask for several keys: the live tasks that AddMany's entries met.
+func (q *Queries) GetTasks(ctx context.Context, db DBTX, arg GetTasksParams) ([]GetTasksRow, error) {
+	rows, err := db.Query(ctx, getTasks, arg.Queue, arg.Keys)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []GetTasksRow
+	for rows.Next() {
+		var i GetTasksRow
+		if err := rows.Scan(
+			&i.Queue,
+			&i.Key,
+			&i.Task,
+			&i.Args,
+			&i.State,
+			&i.Generation,
+			&i.RunAt,
+			&i.Attempt,
+			&i.Deliveries,
+			&i.Worker,
+			&i.StartedAt,
+			&i.FinishedAt,
+			&i.ExpiresAt,
+			&i.Error,
+			&i.Result,
+			&i.CreatedAt,
+			&i.ProgressCurrent,
+			&i.ProgressTotal,
+			&i.ProgressMessage,
+			&i.ProgressAt,
+			&i.Held,
+			&i.WaitingOn,
+			&i.CancelRequested,
+			&i.Now,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const hasLiveTasks = `-- name: HasLiveTasks :one
 SELECT (EXISTS (
     SELECT 1 FROM shadows.tasks WHERE queue = $1::text AND state = 'scheduled' AND NOT held

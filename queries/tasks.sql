@@ -194,6 +194,16 @@ SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
 FROM shadows.tasks
 WHERE queue = @queue::text AND key = @key::text;
 
+-- name: GetTasks :many
+-- GetTask for several keys: the live tasks that AddMany's entries met.
+SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
+       worker, started_at, finished_at, expires_at, error, result, created_at,
+       progress_current, progress_total, progress_message, progress_at, held,
+       coalesce(waiting_on, '')::text AS waiting_on, cancel_requested,
+       now()::timestamptz AS now
+FROM shadows.tasks
+WHERE queue = @queue::text AND key = ANY (@keys::text[]);
+
 -- name: ClearTasks :one
 -- Removes every task that has not started. With a record lifetime the rows
 -- stay as cancelled records; without one they are deleted.

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/shadows-go/shadows/db"
+	"github.com/shadows-go/shadows/internal/pgtext"
 	"github.com/shadows-go/shadows/internal/telemetry"
 )
 
@@ -51,6 +52,9 @@ func encodeArgs(args Args) (string, []byte, error) {
 	}
 	if len(raw) == 0 || raw[0] != '{' {
 		return "", nil, fmt.Errorf("%w: task %s: arguments must encode as a JSON object, got %.40s", ErrInvalidArgs, name, raw)
+	}
+	if err := pgtext.CheckJSON(raw); err != nil { // a NUL in a string, say
+		return "", nil, fmt.Errorf("%w: task %s: arguments encode as %w", ErrInvalidArgs, name, err)
 	}
 	return name, raw, nil
 }
@@ -139,26 +143,35 @@ func (q *Queue) add(ctx context.Context, conn dbtx, args Args, opts *AddOpts, re
 	}
 	p := db.AddTaskParams{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, RunAt: whenParam(opts.When),
 		TraceContext: telemetry.Inject(ctx)}
-	var row db.AddTaskRow
-	if replace {
-		var r db.ReplaceTaskRow
-		r, err = q.queries.ReplaceTask(ctx, conn, db.ReplaceTaskParams(p))
-		row = db.AddTaskRow(r)
-	} else {
-		row, err = q.queries.AddTask(ctx, conn, p)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("add %s %q: %w", name, key, err)
-	}
-	switch {
-	case row.StruckBy != "":
-		e.struck(q, row.StruckBy)
+	// An add that meets a live key reads the live task in a second
+	// statement; when that task ended and its record went in between (no
+	// record lifetime), the add is tried again: the key is free now.
+	for tries := 1; ; tries++ {
+		var row db.AddTaskRow
+		if replace {
+			var r db.ReplaceTaskRow
+			r, err = q.queries.ReplaceTask(ctx, conn, db.ReplaceTaskParams(p))
+			row = db.AddTaskRow(r)
+		} else {
+			row, err = q.queries.AddTask(ctx, conn, p)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("add %s %q: %w", name, key, err)
+		}
+		switch {
+		case row.StruckBy != "":
+			e.struck(q, row.StruckBy)
+			return e, nil
+		case row.Generation == nil:
+			live, err := q.alreadyScheduled(ctx, conn, e)
+			if errors.Is(err, pgx.ErrNoRows) && tries < 3 {
+				continue
+			}
+			return live, err
+		}
+		e.fillAdded(*row.Generation, *row.RunAt, *row.CreatedAt, row.Notified)
 		return e, nil
-	case row.Generation == nil:
-		return q.alreadyScheduled(ctx, conn, e)
 	}
-	e.fillAdded(*row.Generation, *row.RunAt, *row.CreatedAt, row.Notified)
-	return e, nil
 }
 
 // tally counts adds of one task name by disposition, for the metrics.
@@ -249,10 +262,11 @@ func (q *Queue) alreadyScheduled(ctx context.Context, conn dbtx, e *Execution) (
 // addManyChunk is the number of tasks stored per statement.
 const addManyChunk = 5000
 
-// AddMany adds a batch of tasks with Add's rules, in one transaction. The
-// result has one Execution per entry, in order; an entry whose key is live,
-// or repeats an earlier entry's key, is DispositionAlreadyScheduled, and one
-// a strike matches DispositionStruck. Invalid arguments or keys fail the
+// AddMany adds a batch of tasks with Add's rules, in one transaction, as if
+// added one after another. The result has one Execution per entry, in
+// order; an entry a strike matches is DispositionStruck, and one whose key
+// is live, or was stored by an earlier entry, is DispositionAlreadyScheduled
+// and, as with Add, describes the task the key holds. Invalid arguments or keys fail the
 // whole batch before anything is stored.
 //
 // A batch that names no keys, added while the queue has no strikes, is
@@ -286,8 +300,8 @@ func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []
 		telemetry.EndSpan(span, err)
 	}()
 	out = make([]*Execution, len(entries))
-	index := make(map[string]int, len(entries)) // key → entry that stores it
-	generated := true                           // no entry brought its own key
+	entriesOf := make(map[string][]int, len(entries)) // key → its entries, in order
+	generated := true                                 // no entry brought its own key
 	for i, en := range entries {
 		name, raw, err := encodeArgs(en.Args)
 		if err != nil {
@@ -301,62 +315,62 @@ func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []
 		} else {
 			generated = false
 		}
-		e := &Execution{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, Attempt: 1, When: en.When}
-		out[i] = e
-		if _, dup := index[key]; dup {
-			e.Disposition = DispositionAlreadyScheduled
-			continue
-		}
-		index[key] = i
+		out[i] = &Execution{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, Attempt: 1, When: en.When}
+		entriesOf[key] = append(entriesOf[key], i)
 	}
-	stored := make([]*Execution, 0, len(index))
+	// As with one Add after another, a key's first entry is added; a later
+	// one only when a strike kept out every entry before it. So each round
+	// stores the next entry of every key whose entries so far were struck.
+	round := make([]*Execution, 0, len(entriesOf))
 	for i, e := range out {
-		if index[e.Key] == i {
-			stored = append(stored, e)
+		if entriesOf[e.Key][0] == i {
+			round = append(round, e)
 		}
 	}
 	due, copied := false, false
-	if generated {
-		if copied, due, err = q.copyMany(ctx, tx, stored); err != nil {
+	if generated { // every key is new and has one entry: one round
+		if copied, due, err = q.copyMany(ctx, tx, round); err != nil {
 			return nil, err
 		}
 	}
-	for start := 0; !copied && start < len(stored); start += addManyChunk {
-		chunk := stored[start:min(start+addManyChunk, len(stored))]
-		p := db.AddTasksParams{
-			Queue:        q.cfg.Name,
-			Keys:         make([]string, len(chunk)),
-			Tasks:        make([]string, len(chunk)),
-			Args:         make([]string, len(chunk)),
-			RunAts:       make([]time.Time, len(chunk)),
-			RunAtSets:    make([]bool, len(chunk)),
-			TraceContext: telemetry.Inject(ctx),
+	var live []string // keys whose task was live before the batch
+	for tried := 1; !copied && len(round) > 0; tried++ {
+		var struck []*Execution
+		for start := 0; start < len(round); start += addManyChunk {
+			chunk := round[start:min(start+addManyChunk, len(round))]
+			rows, err := q.addChunk(ctx, tx, chunk)
+			if err != nil {
+				return nil, fmt.Errorf("add many: %w", err)
+			}
+			byKey := make(map[string]*Execution, len(chunk))
+			for _, e := range chunk {
+				byKey[e.Key] = e
+			}
+			for _, r := range rows {
+				e := byKey[r.Key]
+				switch {
+				case r.StruckBy != "":
+					e.struck(q, r.StruckBy)
+					struck = append(struck, e)
+				case r.Generation != nil:
+					e.Disposition = DispositionScheduled
+					d := !r.RunAt.After(*r.CreatedAt)
+					due = due || d
+					e.fillAdded(*r.Generation, *r.RunAt, *r.CreatedAt, d)
+				default:
+					live = append(live, r.Key)
+				}
+			}
 		}
-		for i, e := range chunk {
-			p.Keys[i], p.Tasks[i], p.Args[i] = e.Key, e.Task, string(e.Args)
-			p.RunAts[i], p.RunAtSets[i] = e.When, !e.When.IsZero()
-		}
-		rows, err := q.queries.AddTasks(ctx, tx, p)
-		if err != nil {
-			return nil, fmt.Errorf("add many: %w", err)
-		}
-		for _, r := range rows {
-			e := out[index[r.Key]]
-			switch {
-			case r.StruckBy != "":
-				e.struck(q, r.StruckBy)
-			case r.Generation != nil:
-				e.Disposition = DispositionScheduled
-				d := !r.RunAt.After(*r.CreatedAt)
-				due = due || d
-				e.fillAdded(*r.Generation, *r.RunAt, *r.CreatedAt, d)
+		round = round[:0]
+		for _, e := range struck {
+			if more := entriesOf[e.Key]; len(more) > tried {
+				round = append(round, out[more[tried]])
 			}
 		}
 	}
-	for _, e := range out {
-		if e.Disposition == 0 {
-			e.Disposition = DispositionAlreadyScheduled
-		}
+	if err := q.describeAlreadyScheduled(ctx, tx, out, entriesOf, live); err != nil {
+		return nil, err
 	}
 	if due {
 		if err := q.queries.NotifyReady(ctx, tx, q.cfg.Name); err != nil {
@@ -364,6 +378,60 @@ func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []
 		}
 	}
 	return out, nil
+}
+
+// addChunk stores one statement's worth of AddMany's entries, each under
+// a key no other entry of the chunk has.
+func (q *Queue) addChunk(ctx context.Context, tx pgx.Tx, chunk []*Execution) ([]db.AddTasksRow, error) {
+	p := db.AddTasksParams{
+		Queue:        q.cfg.Name,
+		Keys:         make([]string, len(chunk)),
+		Tasks:        make([]string, len(chunk)),
+		Args:         make([]string, len(chunk)),
+		RunAts:       make([]time.Time, len(chunk)),
+		RunAtSets:    make([]bool, len(chunk)),
+		TraceContext: telemetry.Inject(ctx),
+	}
+	for i, e := range chunk {
+		p.Keys[i], p.Tasks[i], p.Args[i] = e.Key, e.Task, string(e.Args)
+		p.RunAts[i], p.RunAtSets[i] = e.When, !e.When.IsZero()
+	}
+	return q.queries.AddTasks(ctx, tx, p)
+}
+
+// describeAlreadyScheduled gives every AddMany entry that neither was
+// stored nor struck the disposition "already scheduled" and, as Add does,
+// the task its key holds: the one an earlier entry stored, or the live
+// task read back (its row stays locked by the batch's transaction).
+func (q *Queue) describeAlreadyScheduled(ctx context.Context, tx pgx.Tx, out []*Execution, entriesOf map[string][]int, live []string) error {
+	held := make(map[string]*Execution, len(live))
+	for _, entries := range entriesOf {
+		for _, i := range entries {
+			if out[i].Disposition == DispositionScheduled {
+				held[out[i].Key] = out[i]
+			}
+		}
+	}
+	if len(live) > 0 {
+		rows, err := q.queries.GetTasks(ctx, tx, db.GetTasksParams{Queue: q.cfg.Name, Keys: live})
+		if err != nil {
+			return fmt.Errorf("add many: read live tasks: %w", err)
+		}
+		for _, r := range rows {
+			held[r.Key] = executionFromRow(db.GetTaskRow(r))
+		}
+	}
+	for i, e := range out {
+		if e.Disposition != 0 {
+			continue
+		}
+		if h := held[e.Key]; h != nil {
+			d := *h
+			out[i] = &d
+		}
+		out[i].Disposition = DispositionAlreadyScheduled
+	}
+	return nil
 }
 
 // copyColumns are the columns AddMany's fast path copies; the others take

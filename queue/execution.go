@@ -264,9 +264,11 @@ func (q *Queue) Wait(ctx context.Context, key string) (*Execution, error) {
 				return e, e.outcome()
 			}
 		}
-		// Sleep until a batch of this queue ends, or the poll interval.
+		// Sleep until a batch of this queue ends, or the poll interval
+		// (one deadline: other queues' notifications do not put it off).
+		poll := time.Now().Add(waitPoll)
 		for {
-			wctx, cancel := context.WithTimeout(ctx, waitPoll)
+			wctx, cancel := context.WithDeadline(ctx, poll)
 			n, err := conn.Conn().WaitForNotification(wctx)
 			cancel()
 			if ctx.Err() != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,6 +290,13 @@ func TestAddMany(t *testing.T) {
 	got, err := b.q.Execution(ctx, "a")
 	require.NoError(t, err)
 	require.JSONEq(t, `{"name":"a"}`, string(got.Args), "the first entry of a key wins")
+	// As Add does, an entry that is already scheduled describes the task
+	// its key holds, not itself.
+	require.JSONEq(t, `{"name":"a"}`, string(out[2].Args))
+	require.Equal(t, out[0].Generation, out[2].Generation)
+	require.JSONEq(t, `{"name":"existing"}`, string(out[3].Args))
+	require.Equal(t, queue.StateQueued, out[3].State)
+	require.EqualValues(t, 1, out[3].Generation)
 
 	// More than one statement's worth, in order.
 	many := make([]queue.Entry, 12_000)
@@ -337,6 +345,34 @@ func TestAddManyGeneratedKeys(t *testing.T) {
 	require.Equal(t, 3, countRows(t, b.pool, b.q.Name()))
 }
 
+// Entries sharing a key behave as one Add after another: when a strike
+// keeps out the first, the next one is added.
+func TestAddManyRepeatedKeyAfterAStruckEntry(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{})
+	ctx := t.Context()
+	_, err := b.q.Strike(ctx, strike.Rule{Task: Greet{}.TaskName(), Param: "name", Op: strike.Eq, Value: "bad"})
+	require.NoError(t, err)
+	out, err := b.q.AddMany(ctx, []queue.Entry{
+		{Args: Greet{Name: "bad"}, Key: "k"},
+		{Args: Greet{Name: "bad"}, Key: "k"},
+		{Args: Greet{Name: "good"}, Key: "k"},
+		{Args: Greet{Name: "late"}, Key: "k"},
+		{Args: Greet{Name: "other"}, Key: "o"},
+	})
+	require.NoError(t, err)
+	want := []queue.Disposition{queue.DispositionStruck, queue.DispositionStruck, queue.DispositionScheduled,
+		queue.DispositionAlreadyScheduled, queue.DispositionScheduled}
+	for i, ex := range out {
+		require.Equal(t, want[i], ex.Disposition, "entry %d", i)
+	}
+	got, err := b.q.Execution(ctx, "k")
+	require.NoError(t, err)
+	require.JSONEq(t, `{"name":"good"}`, string(got.Args))
+	require.JSONEq(t, `{"name":"good"}`, string(out[3].Args), "the late entry describes the stored task")
+	require.Equal(t, 2, countRows(t, b.pool, b.q.Name()))
+}
+
 func TestBadInputStoresNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t, queue.Config{})
@@ -354,11 +390,17 @@ func TestBadInputStoresNothing(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrInvalidKey)
 	_, err = b.q.Add(ctx, Greet{}, &queue.AddOpts{Key: "nul\x00key"})
 	require.ErrorIs(t, err, queue.ErrInvalidKey)
+	// encoding/json writes a NUL as \u0000, which jsonb refuses.
+	_, err = b.q.Add(ctx, Greet{Name: "nul\x00name"}, nil)
+	require.ErrorIs(t, err, queue.ErrInvalidArgs)
+	require.ErrorContains(t, err, `\u0000`)
+	_, err = b.q.Add(ctx, Greet{Name: `a backslash, then u0000: \u0000`}, nil)
+	require.NoError(t, err, "a literal backslash is no escape")
 
 	// One bad entry fails the whole batch before anything is stored.
 	_, err = b.q.AddMany(ctx, []queue.Entry{{Args: Greet{}}, {Args: Unencodable{}}})
 	require.ErrorIs(t, err, queue.ErrInvalidArgs)
-	require.Equal(t, 0, countRows(t, b.pool, b.q.Name()))
+	require.Equal(t, 1, countRows(t, b.pool, b.q.Name()), "only the task with the literal backslash")
 }
 
 func TestNamesAndKeysAreData(t *testing.T) {
@@ -506,4 +548,53 @@ func TestUnreachableDatabase(t *testing.T) {
 	require.False(t, errors.Is(err, queue.ErrInvalidArgs))
 	_, err = q.AddMany(ctx, []queue.Entry{{Args: Greet{}}})
 	require.Error(t, err)
+}
+
+// addBetween runs add just before the statement whose sqlc name is stmt.
+type addBetween struct {
+	stmt string
+	add  func(context.Context)
+	done atomic.Bool
+}
+
+func (a *addBetween) TraceQueryStart(ctx context.Context, _ *pgx.Conn, data pgx.TraceQueryStartData) context.Context {
+	if strings.Contains(data.SQL, "-- name: "+a.stmt+" ") && a.done.CompareAndSwap(false, true) {
+		a.add(ctx)
+	}
+	return ctx
+}
+
+func (*addBetween) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+
+// Without records, Cancel deletes the record it cancelled in a second
+// statement; a task added again under the key in between stays (it was
+// deleted, though its Add had reported it scheduled).
+func TestCancelWithoutRecordsKeepsATaskAddedMeanwhile(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	name := pgtest.QueueName(t)
+	plain, err := queue.New(pgtest.Pool(t), queue.Config{Name: name, ExecutionTTL: queue.NoExecutionTTL})
+	require.NoError(t, err)
+	var added *queue.Execution
+	hook := &addBetween{stmt: "DeleteTask", add: func(ctx context.Context) {
+		added, err = plain.Add(ctx, Greet{Name: "again"}, &queue.AddOpts{Key: "k"})
+	}}
+	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
+	require.NoError(t, err)
+	cfg.ConnConfig.Tracer = hook
+	traced, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(traced.Close)
+	q, err := queue.New(traced, queue.Config{Name: name, ExecutionTTL: queue.NoExecutionTTL})
+	require.NoError(t, err)
+
+	_, err = q.Add(ctx, Greet{Name: "first"}, &queue.AddOpts{Key: "k", When: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	require.NoError(t, q.Cancel(ctx, "k"))
+	require.True(t, hook.done.Load(), "the add ran between the cancel's statements")
+	require.NoError(t, err)
+	require.Equal(t, queue.DispositionScheduled, added.Disposition)
+	got, err := q.Execution(ctx, "k")
+	require.NoError(t, err, "the task added meanwhile is still there")
+	require.JSONEq(t, `{"name":"again"}`, string(got.Args))
 }
