@@ -132,8 +132,12 @@ WITH epoch AS (
     ) AS st ON true
     WHERE due.strike_epoch <> (SELECT e FROM epoch)
 ), set_aside AS (
+    -- A held row records the epoch it was judged under: the sweep
+    -- releases it if the strikes change before this commits (see
+    -- ReleaseStaleHolds).
     UPDATE shadows.tasks t
     SET held = judged.hold,
+        strike_epoch = CASE WHEN judged.hold THEN (SELECT e FROM epoch) ELSE t.strike_epoch END,
         state = CASE WHEN judged.hold THEN t.state ELSE 'cancelled' END,
         finished_at = CASE WHEN judged.hold THEN NULL ELSE now() END,
         expires_at = CASE WHEN judged.hold THEN NULL
@@ -437,6 +441,9 @@ WITH ended AS (
     UPDATE shadows.tasks t
     SET state = 'scheduled', run_at = target.next_run_at,
         args = coalesce(nullif(target.next_args, '')::jsonb, t.args),
+        -- New arguments were judged by no strike yet: the claim judges them
+        -- (as docket's replace does when a perpetual task goes on).
+        strike_epoch = CASE WHEN target.next_args <> '' THEN -1 ELSE t.strike_epoch END,
         attempt = target.next_attempt, generation = t.generation + 1, deliveries = 0,
         worker = NULL, started_at = NULL, lease_expires_at = NULL,
         error = nullif(target.error, ''), result = NULL
@@ -561,6 +568,37 @@ func (q *Queries) ReleaseSlots(ctx context.Context, db DBTX, arg ReleaseSlotsPar
 	var waiting []string
 	err := row.Scan(&waiting)
 	return waiting, err
+}
+
+const releaseStaleHolds = `-- name: ReleaseStaleHolds :one
+WITH released AS (
+    UPDATE shadows.tasks t
+    SET held = false
+    WHERE t.queue = $1::text AND t.held
+      AND t.strike_epoch <> coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $1::text), 0)
+    RETURNING t.run_at <= now() AS due
+)
+SELECT count(*)::bigint AS released,
+    CASE WHEN bool_or(due) THEN (SELECT true FROM pg_notify('shadows_ready', $1::text))
+         ELSE false END::bool AS notified
+FROM released
+`
+
+type ReleaseStaleHoldsRow struct {
+	Released int64
+	Notified bool
+}
+
+// The backstop for holds a removed strike could not release: an add or a
+// claim that held a task under a hold, in a transaction that committed
+// after DeleteStrike released the held tasks. Tasks held under an older
+// strike epoch than the queue's are released; the claim judges them again
+// (the epoch differs) and holds them anew if a hold still matches.
+func (q *Queries) ReleaseStaleHolds(ctx context.Context, db DBTX, queue string) (ReleaseStaleHoldsRow, error) {
+	row := db.QueryRow(ctx, releaseStaleHolds, queue)
+	var i ReleaseStaleHoldsRow
+	err := row.Scan(&i.Released, &i.Notified)
+	return i, err
 }
 
 const renewLeases = `-- name: RenewLeases :many

@@ -344,6 +344,12 @@ func (w *Worker) execute(f *inflight) {
 			err = c // the time limit, not a bare "context canceled"
 		}
 	}
+	var timedOut *errTimeout
+	if c := context.Cause(ctx); err == nil && errors.As(c, &timedOut) {
+		// As docket does, a run past its time limit fails even when its
+		// handler ignored the cancellation and returned nil.
+		err = c
+	}
 	w.decide(&out, f, reg, err, result)
 	out.makeStorable()
 	w.measure(runCtx, span, x, &out, err, took, attrs)

@@ -279,8 +279,12 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 	defer func() { w.unreserve(free - started) }()
 	var claimed []*execution
 	if sweep {
-		// The backstop for waiters whose slots freed without a release.
+		// The backstops for waiters whose slots freed without a release,
+		// and for holds a removed strike could not release.
 		if _, err := w.queries.WakeWaiters(ctx, w.pool, w.q.Name()); err != nil {
+			return 0, 0, err
+		}
+		if _, err := w.queries.ReleaseStaleHolds(ctx, w.pool, w.q.Name()); err != nil {
 			return 0, 0, err
 		}
 		mine, generations, _, started := w.inflight.snapshot()

@@ -163,3 +163,70 @@ func TestStruckAutomaticTaskResumesAfterRestore(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	require.Equal(t, n, runs.Load(), "a struck automatic task stays stopped")
 }
+
+// A hold judged in a transaction that commits after the hold was restored
+// (an AddTx left open across the Restore) does not keep the task held for
+// good: the workers' sweep releases tasks held under changed strikes.
+func TestHoldRestoredWhileAnAddWasOpenIsReleased(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Charge]) error {
+		runs.Add(1)
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	hold := strike.Rule{Param: "customer_id", Op: strike.Eq, Value: "frozen", Hold: true}
+	_, err := b.q.Strike(ctx, hold)
+	require.NoError(t, err)
+	tx, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	_, err = b.q.AddTx(ctx, tx, Charge{CustomerID: "frozen"}, &queue.AddOpts{Key: "late"})
+	require.NoError(t, err)
+	removed, err := b.q.Restore(ctx, hold)
+	require.NoError(t, err)
+	require.True(t, removed)
+	require.NoError(t, tx.Commit(ctx))
+	ex, err := b.q.Execution(ctx, "late")
+	require.NoError(t, err)
+	require.True(t, ex.Held, "held under the strike its transaction saw")
+
+	b.start(t)
+	ex, err = b.wait(t, "late")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.EqualValues(t, 1, runs.Load())
+}
+
+// A perpetual task's next arguments are judged by the strikes, as docket's
+// replace judges them: a run whose new arguments a strike matches is not
+// run.
+func TestPerpetualNextArgumentsAreJudged(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var mu sync.Mutex
+	var amounts []float64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Charge]) error {
+		mu.Lock()
+		amounts = append(amounts, task.Args.Amount)
+		mu.Unlock()
+		if err := task.Perpetual.Perpetuate(Charge{CustomerID: task.Args.CustomerID, Amount: task.Args.Amount * 500}); err != nil {
+			return err
+		}
+		task.Perpetual.After(time.Millisecond)
+		return nil
+	}, worker.Policy{Perpetual: &worker.Perpetual{Every: time.Millisecond}})
+	ctx := t.Context()
+	rule := strike.Rule{Task: "charge", Param: "amount", Op: strike.Gt, Value: 1000}
+	_, err := b.q.Strike(ctx, rule)
+	require.NoError(t, err)
+	_, err = b.q.Add(ctx, Charge{CustomerID: "c", Amount: 10}, &queue.AddOpts{Key: "p"})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	require.Equal(t, []float64{10}, amounts, "the next run's amount, 5000, is struck")
+	ex, err := b.q.Execution(ctx, "p")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCancelled, ex.State)
+	require.Equal(t, "struck: "+rule.String(), ex.Error)
+}

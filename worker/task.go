@@ -118,10 +118,11 @@ func (t *Timeout) Extend(d time.Duration) {
 	if d <= 0 {
 		d = t.base
 	}
-	t.deadline = t.deadline.Add(d)
-	if t.timer.Stop() {
-		t.timer.Reset(time.Until(t.deadline))
+	if !t.timer.Stop() {
+		return // timed out already: Remaining stays at or below zero
 	}
+	t.deadline = t.deadline.Add(d)
+	t.timer.Reset(time.Until(t.deadline))
 }
 
 // start arms the limit on ctx: when it passes, ctx is cancelled with

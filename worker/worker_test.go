@@ -680,6 +680,28 @@ func TestTimeoutFailsTheTask(t *testing.T) {
 	require.Contains(t, ex.Error, "exceeded timeout of 100ms")
 }
 
+// A handler that ignores its time limit and returns nil still fails, as
+// in docket; an Extend after the limit passed changes nothing.
+func TestTimeoutIgnoredByTheHandlerStillFails(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var left time.Duration
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		<-ctx.Done()
+		task.Timeout.Extend(time.Hour)
+		left = task.Timeout.Remaining()
+		return nil
+	}, worker.Policy{Timeout: 50 * time.Millisecond})
+	_, err := b.q.Add(t.Context(), Block{}, &queue.AddOpts{Key: "stubborn"})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	ex, err := b.wait(t, "stubborn")
+	require.Error(t, err)
+	require.Equal(t, queue.StateFailed, ex.State)
+	require.Contains(t, ex.Error, "exceeded timeout of 50ms")
+	require.LessOrEqual(t, left, time.Duration(0), "an Extend after the limit passed moves nothing")
+}
+
 func TestRunAtMost(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
