@@ -251,8 +251,10 @@ func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]
 }
 
 const claimLapsed = `-- name: ClaimLapsed :many
-WITH lapsed AS (
-    SELECT l.ctid::tid AS tid, l.cancel_requested FROM shadows.tasks l
+WITH epoch AS (
+    SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $3::text), 0) AS e
+), lapsed AS (
+    SELECT l.ctid::tid AS tid, l.cancel_requested, l.task, l.args, l.strike_epoch FROM shadows.tasks l
     WHERE l.queue = $3::text AND l.state = 'running' AND l.lease_expires_at < now()
       AND NOT EXISTS (
           SELECT 1 FROM (SELECT unnest($4::text[]) AS k, unnest($5::bigint[]) AS g,
@@ -261,16 +263,34 @@ WITH lapsed AS (
     ORDER BY l.lease_expires_at
     LIMIT $7
     FOR UPDATE SKIP LOCKED
+), judged AS (
+    SELECT lapsed.tid, lapsed.cancel_requested, st.rule, st.hold
+    FROM lapsed LEFT JOIN LATERAL (
+        SELECT s.rule, s.hold FROM shadows.strikes s
+        WHERE lapsed.strike_epoch <> (SELECT e FROM epoch) AND NOT lapsed.cancel_requested
+          AND s.queue = $3::text AND (s.task IS NULL OR s.task = lapsed.task)
+          AND jsonb_path_exists(lapsed.args, s.path, '{}', true)
+        ORDER BY s.hold, s.rule
+        LIMIT 1
+    ) AS st ON true
 ), cancelled AS (
     UPDATE shadows.tasks t
     SET state = 'cancelled', finished_at = coalesce(t.finished_at, now()), lease_expires_at = NULL,
-        expires_at = now() + make_interval(secs => $8::float8)
-    WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE cancel_requested))
+        expires_at = now() + make_interval(secs => $8::float8),
+        error = CASE WHEN judged.rule IS NOT NULL THEN 'struck: ' || judged.rule ELSE t.error END
+    FROM judged
+    WHERE t.ctid = judged.tid AND (judged.cancel_requested OR (judged.rule IS NOT NULL AND NOT judged.hold))
+), set_aside AS (
+    UPDATE shadows.tasks t
+    SET state = 'scheduled', held = true, strike_epoch = (SELECT e FROM epoch), worker = NULL,
+        started_at = NULL, lease_expires_at = NULL
+    FROM judged
+    WHERE t.ctid = judged.tid AND judged.rule IS NOT NULL AND judged.hold
 )
 UPDATE shadows.tasks t
 SET worker = $1::text, started_at = now(), deliveries = t.deliveries + 1,
     lease_expires_at = now() + make_interval(secs => $2::float8)
-WHERE t.ctid = ANY (ARRAY(SELECT tid FROM lapsed WHERE NOT cancel_requested))
+WHERE t.ctid = ANY (ARRAY(SELECT tid FROM judged WHERE NOT cancel_requested AND rule IS NULL))
 RETURNING t.key, t.task, t.args, t.generation, t.attempt, t.run_at,
     t.deliveries, t.started_at, t.trace_context
 `
@@ -300,9 +320,12 @@ type ClaimLapsedRow struct {
 
 // Redelivery: running tasks whose lease lapsed because their worker stopped
 // renewing it (it died or lost the database). A lapsed task that was asked
-// to cancel ends cancelled instead (at the cancel's time). The caller's
-// own runs in flight (key, generation and claim time) are skipped: it still runs them,
-// and will renew or finish them.
+// to cancel ends cancelled instead (at the cancel's time). As a claim does,
+// a redelivery judges a task under strikes that changed since it was last
+// judged: a matching hold sets it aside (scheduled, held), any other
+// matching strike cancels it, as docket drops a struck redelivered task.
+// The caller's own runs in flight (key, generation and claim time) are
+// skipped: it still runs them, and will renew or finish them.
 func (q *Queries) ClaimLapsed(ctx context.Context, db DBTX, arg ClaimLapsedParams) ([]ClaimLapsedRow, error) {
 	rows, err := db.Query(ctx, claimLapsed,
 		arg.Worker,

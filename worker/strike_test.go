@@ -230,3 +230,50 @@ func TestPerpetualNextArgumentsAreJudged(t *testing.T) {
 	require.Equal(t, queue.StateCancelled, ex.State)
 	require.Equal(t, "struck: "+rule.String(), ex.Error)
 }
+
+// A redelivery judges the task under the strikes added while it ran, as
+// docket's worker drops a struck redelivered task: a matching strike
+// cancels it, a matching hold sets it aside.
+func TestRedeliveryJudgesStrikesAddedWhileItRan(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs atomic.Int64
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Charge]) error {
+		runs.Add(1)
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	for _, k := range []string{"big", "frozen", "fine"} {
+		c := Charge{CustomerID: k, Amount: 10}
+		if k == "big" {
+			c.Amount = 5000
+		}
+		_, err := b.q.Add(ctx, c, &queue.AddOpts{Key: k})
+		require.NoError(t, err)
+	}
+	// Claimed by a worker that died: running, its lease lapsed.
+	_, err := b.pool.Exec(ctx, `UPDATE shadows.tasks SET state = 'running', worker = 'dead', started_at = now(),
+		deliveries = 1, lease_expires_at = now() - interval '1 second' WHERE queue = $1`, b.q.Name())
+	require.NoError(t, err)
+	rule := strike.Rule{Task: "charge", Param: "amount", Op: strike.Gt, Value: 1000}
+	_, err = b.q.Strike(ctx, rule)
+	require.NoError(t, err)
+	hold := strike.Rule{Param: "customer_id", Op: strike.Eq, Value: "frozen", Hold: true}
+	_, err = b.q.Strike(ctx, hold)
+	require.NoError(t, err)
+
+	b.runUntilFinished(t)
+	require.EqualValues(t, 1, runs.Load(), "only the task no strike matches runs again")
+	ex, err := b.q.Execution(ctx, "fine")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State)
+	require.True(t, ex.Redelivered)
+	ex, err = b.q.Execution(ctx, "big")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCancelled, ex.State)
+	require.Equal(t, "struck: "+rule.String(), ex.Error)
+	ex, err = b.q.Execution(ctx, "frozen")
+	require.NoError(t, err)
+	require.True(t, ex.Held)
+	require.Equal(t, queue.StateQueued, ex.State)
+}
