@@ -194,8 +194,9 @@ SELECT key, generation, started_at FROM mine WHERE cancel_requested;
 -- Records how a batch of runs ended, each in one of two ways:
 --   - ended (completed, failed, cancelled): the record gets its end state;
 --     with no record lifetime the row is deleted instead;
---   - rescheduled (a retry, or a perpetual task's next run): the same row
---     becomes the next run — new time, arguments and attempt, next
+--   - rescheduled (state 'scheduled': a retry, or a perpetual task's next
+--     run; 'deferred': a run an admission rule put off before its handler
+--     ran): the same row becomes the next run — new time, arguments and attempt, next
 --     generation — so the end of one run and the birth of the next are one
 --     atomic row update, and a crash can neither lose nor double the chain.
 -- Each outcome is guarded by the generation, delivery and start time its
@@ -237,23 +238,27 @@ WITH ended AS (
         worker = NULL, started_at = NULL, lease_expires_at = NULL,
         error = nullif(target.error, ''), result = NULL
     FROM target
-    WHERE t.ctid = target.tid AND target.state = 'scheduled' AND NOT target.cancel_requested
+    WHERE t.ctid = target.tid AND target.state IN ('scheduled', 'deferred') AND NOT target.cancel_requested
     RETURNING t.key, t.run_at <= now() AS due
 ), updated AS (
     UPDATE shadows.tasks t
-    SET state = CASE WHEN target.state <> 'scheduled' THEN target.state
-                     WHEN target.error = '' THEN 'completed' ELSE 'cancelled' END::shadows.task_state,
+    -- A cancelled run that was to go on ends completed if its handler
+    -- succeeded, cancelled otherwise (and when its handler never ran: an
+    -- admission rule deferred it).
+    SET state = CASE WHEN target.state NOT IN ('scheduled', 'deferred') THEN target.state
+                     WHEN target.state = 'scheduled' AND target.error = '' THEN 'completed'
+                     ELSE 'cancelled' END::shadows.task_state,
         finished_at = now(), lease_expires_at = NULL,
         expires_at = now() + make_interval(secs => @ttl_seconds::float8),
         error = nullif(target.error, ''), result = nullif(target.result, '')::jsonb
     FROM target
-    WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
+    WHERE t.ctid = target.tid AND (target.state NOT IN ('scheduled', 'deferred') OR target.cancel_requested)
       AND @ttl_seconds::float8 > 0
     RETURNING t.key
 ), deleted AS (
     DELETE FROM shadows.tasks t
     USING target
-    WHERE t.ctid = target.tid AND (target.state <> 'scheduled' OR target.cancel_requested)
+    WHERE t.ctid = target.tid AND (target.state NOT IN ('scheduled', 'deferred') OR target.cancel_requested)
       AND @ttl_seconds::float8 <= 0
     RETURNING t.key
 )

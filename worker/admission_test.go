@@ -153,3 +153,66 @@ func TestInvalidAdmissionRules(t *testing.T) {
 		require.ErrorIs(t, worker.Register(worker.NewRegistry(), h, p), worker.ErrInvalidRegistration, name)
 	}
 }
+
+// A run that a later rule delays leaves no trace of the rules before it:
+// with a cooldown per N and a rate limit per host, the runs the rate limit
+// delayed once came back to their own cooldown and were dropped.
+func TestDelayedRunLeavesNoCooldownBehind(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs ledger
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
+		runs.add(task.Key)
+		return nil
+	}, worker.Policy{
+		Cooldown:  []worker.Cooldown{{Arg: "n", Window: time.Hour}},
+		RateLimit: []worker.RateLimit{{Arg: "host", Limit: 1, Per: 300 * time.Millisecond}},
+	})
+	ctx := t.Context()
+	for i := range 3 {
+		_, err := b.q.Add(ctx, Ping{Host: "a", N: i}, &queue.AddOpts{Key: fmt.Sprint("c-", i)})
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+	got, _ := runs.snapshot()
+	require.Len(t, got, 3, "each N runs once, the rate limit only spacing them")
+	for i := range 3 {
+		ex, err := b.wait(t, fmt.Sprint("c-", i))
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State)
+	}
+}
+
+// Two rate limits on one argument, a burst and a sustained one, count
+// their runs apart: they shared one record, so each run counted twice
+// against the burst and the sustained limit never held.
+func TestTwoRateLimitsOnOneArgument(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var runs ledger
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
+		runs.add(task.Key)
+		return nil
+	}, worker.Policy{RateLimit: []worker.RateLimit{
+		{Arg: "host", Limit: 2, Per: 200 * time.Millisecond},
+		{Arg: "host", Limit: 3, Per: time.Hour, Drop: true},
+	}})
+	ctx := t.Context()
+	for i := range 6 {
+		_, err := b.q.Add(ctx, Ping{Host: "h", N: i}, &queue.AddOpts{Key: fmt.Sprint("r-", i)})
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+	got, _ := runs.snapshot()
+	require.Len(t, got, 3, "the hourly limit lets three through")
+	dropped := 0
+	for i := range 6 {
+		ex, err := b.q.Execution(ctx, fmt.Sprint("r-", i))
+		require.NoError(t, err)
+		if ex.State == queue.StateCancelled {
+			require.Equal(t, "dropped by rate limit host:h per 1h0m0s", ex.Error)
+			dropped++
+		}
+	}
+	require.Equal(t, 3, dropped)
+}

@@ -562,6 +562,6 @@ func ExampleRateLimit() {
 	// Output:
 	// sms-1 completed
 	// sms-2 completed
-	// sms-3 cancelled: dropped by rate limit phone:+15550100
+	// sms-3 cancelled: dropped by rate limit phone:+15550100 per 1h0m0s
 	// sms-4 completed
 }

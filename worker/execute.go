@@ -230,6 +230,10 @@ const (
 	stateFailed      = "failed"
 	stateCancelled   = "cancelled"
 	stateRescheduled = "scheduled" // a retry or a perpetual task's next run
+	// stateDeferred is a run an admission rule put off before its handler
+	// ran: rescheduled like a retry, but a cancel meanwhile ends it
+	// cancelled (its handler never succeeded).
+	stateDeferred = "deferred"
 )
 
 // outcome is how a run ended, as the finisher records it.
@@ -241,7 +245,7 @@ type outcome struct {
 	state      string
 	err        string
 	result     json.RawMessage
-	// For stateRescheduled: the next run.
+	// For stateRescheduled and stateDeferred: the next run.
 	nextAt      time.Time
 	nextArgs    json.RawMessage // nil keeps the arguments
 	nextAttempt int
@@ -452,7 +456,7 @@ func (w *Worker) admitOrDefer(ctx context.Context, x *execution, policy *compile
 		x.Logger.Debug("⏭ "+x.Name+" dropped", "rule", row.Reason)
 		return true
 	case "reschedule":
-		out.state, out.nextAttempt = stateRescheduled, x.Attempt
+		out.state, out.nextAttempt = stateDeferred, x.Attempt
 		out.nextAt = time.Now().Add(time.Duration(row.DelaySeconds * float64(time.Second)))
 		x.Logger.Debug("⏭ "+x.Name+" delayed", "rule", row.Reason, "until", out.nextAt)
 		return true

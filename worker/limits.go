@@ -107,6 +107,11 @@ func admission(task, key string, p *compiledPolicy, args json.RawMessage) (db.Ad
 		if err != nil {
 			return err
 		}
+		if kind == "ratelimit" {
+			// Each period counts its own runs: a burst limit and a
+			// sustained one on the same argument are two records.
+			k += " per " + window.String()
+		}
 		a.Kinds = append(a.Kinds, kind)
 		a.Keys = append(a.Keys, k)
 		a.Seconds = append(a.Seconds, window.Seconds())
