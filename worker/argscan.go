@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"slices"
 	"unicode/utf8"
+
+	"github.com/shadows-go/shadows/internal/argtag"
 )
 
 // argReader reads top-level fields of a task's stored arguments for limit
@@ -14,8 +16,12 @@ import (
 // answer: the field is missing (the error lists those present), a key
 // carries escapes, or the arguments are not a plain object.
 type argReader struct {
-	task   string
-	args   json.RawMessage
+	task string
+	args json.RawMessage
+	// layout, when known, gives the zero value of a field the arguments
+	// lack (dropped by omitempty, or added to the type since): as decoding
+	// them would, the field then counts as zero.
+	layout *argtag.Layout
 	fields map[string]json.RawMessage // nil until decoded
 }
 
@@ -33,6 +39,9 @@ func (r *argReader) field(name string) (raw json.RawMessage, found bool, err err
 		}
 	}
 	raw, found = r.fields[name]
+	if !found && r.layout != nil {
+		raw, found = r.layout.Zero(name)
+	}
 	return raw, found, nil
 }
 

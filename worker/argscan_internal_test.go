@@ -86,7 +86,7 @@ func BenchmarkLimitKeys(b *testing.B) {
 	limits := []ConcurrencyLimit{{Arg: "customer_id", Max: 5}}
 	args := json.RawMessage(`{"order_id": 12345, "customer_id": "c-17"}`)
 	for b.Loop() {
-		if _, err := limitKeys("process_order", limits, args); err != nil {
+		if _, err := limitKeys("process_order", limits, args, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

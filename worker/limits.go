@@ -46,8 +46,8 @@ type slotRequest struct {
 
 // limitKeys computes the keys of a task's concurrency limits from its
 // arguments.
-func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage) ([]slotRequest, error) {
-	fields := &argReader{task: task, args: args}
+func limitKeys(task string, limits []ConcurrencyLimit, args json.RawMessage, layout *argtag.Layout) ([]slotRequest, error) {
+	fields := &argReader{task: task, args: args, layout: layout}
 	out := make([]slotRequest, 0, len(limits))
 	for _, l := range limits {
 		key, err := ruleKey("concurrency limit", task, l.Arg, l.Scope, fields)
@@ -101,7 +101,7 @@ func ruleKey(what, task, arg, scope string, fields *argReader) (string, error) {
 // admission is the arguments of one admission check.
 func admission(task, key string, p *compiledPolicy, args json.RawMessage) (db.AdmitParams, error) {
 	a := db.AdmitParams{TaskKey: key}
-	fields := &argReader{task: task, args: args}
+	fields := &argReader{task: task, args: args, layout: p.layout}
 	add := func(kind, what, arg, scope string, window time.Duration, limit int, drop bool) error {
 		k, err := ruleKey(what, task, arg, scope, fields)
 		if err != nil {

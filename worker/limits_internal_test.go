@@ -15,7 +15,7 @@ func TestLimitKeysMergeLimitsOnTheSameKey(t *testing.T) {
 		{Arg: "db", Max: 3},
 		{Arg: "db", Max: 1},
 		{Arg: "db", Max: 2, Scope: "nightly"},
-	}, json.RawMessage(`{"db": "main"}`))
+	}, json.RawMessage(`{"db": "main"}`), nil)
 	require.NoError(t, err)
 	require.Equal(t, []slotRequest{{key: "db:main", max: 1}, {key: "nightly/db:main", max: 2}}, got)
 }

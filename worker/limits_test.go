@@ -990,3 +990,45 @@ func TestParkedRunsDoNotLeaveFreeSlotsIdle(t *testing.T) {
 		t.Fatal("a due task waited while a slot was free")
 	}
 }
+
+type Tenant struct {
+	TenantID string `json:"tenant_id"`
+}
+
+// Shipment's limit arguments come from an embedded struct and from a field
+// that omitempty leaves out of the stored JSON when empty.
+type Shipment struct {
+	Tenant
+	Region string `json:"region,omitempty"`
+	N      int    `json:"n"`
+}
+
+func (Shipment) TaskName() string { return "shipment" }
+
+// Limit arguments are the arguments as encoding/json sees them: an embedded
+// struct's fields are the task's own (registration refused them), and a
+// field omitempty dropped counts as its zero value (such runs failed,
+// "argument not found").
+func TestLimitArgumentsFromEmbeddedAndOmittedFields(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	occ := newOccupancy()
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Shipment]) error {
+		occ.enter("all")
+		defer occ.leave("all")
+		time.Sleep(20 * time.Millisecond)
+		return nil
+	}, worker.Policy{Concurrency: []worker.ConcurrencyLimit{{Arg: "tenant_id", Max: 1}, {Arg: "region", Max: 1}}})
+	b.cfg.Concurrency = 10
+	ctx := t.Context()
+	for i := range 6 {
+		_, err := b.q.Add(ctx, Shipment{Tenant: Tenant{TenantID: fmt.Sprint("t", i%2)}, N: i}, nil)
+		require.NoError(t, err)
+	}
+	b.runUntilFinished(t)
+	var failed int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM shadows.tasks WHERE queue = $1 AND state <> 'completed'`,
+		b.q.Name()).Scan(&failed))
+	require.Zero(t, failed, "every run found its arguments")
+	require.Equal(t, 1, occ.peak["all"], "the empty region is one key: one run at a time")
+}

@@ -469,7 +469,7 @@ func (w *Worker) admit(ctx context.Context, claimed []*execution) (start, handBa
 			start = append(start, x)
 			continue
 		}
-		slots, err := limitKeys(x.Name, reg.policy.Concurrency, x.args)
+		slots, err := limitKeys(x.Name, reg.policy.Concurrency, x.args, reg.layout)
 		if err != nil {
 			x.preErr = err
 			start = append(start, x)

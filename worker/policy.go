@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/robfig/cron/v3"
+
+	"github.com/shadows-go/shadows/internal/argtag"
 )
 
 // Policy is how the worker runs a registered task: retries, a time limit,
@@ -147,6 +149,7 @@ type compiledPolicy struct {
 	backoff   func(attempt int) time.Duration
 	schedule  cron.Schedule
 	location  *time.Location
+	layout    *argtag.Layout // the arguments type's fields, for rule keys
 	automatic bool
 }
 

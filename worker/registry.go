@@ -154,6 +154,7 @@ func Register[T queue.Args](r *Registry, h Handler[T], p Policy) error {
 	if err := checkArgs(p, layout); err != nil {
 		return fail(err)
 	}
+	policy.layout = layout
 	if policy.automatic {
 		if req := layout.Required(); len(req) > 0 {
 			return fail(fmt.Errorf("an automatic task is seeded with zero-value arguments, but %s required", plural(req)))

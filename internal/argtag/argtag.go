@@ -14,6 +14,7 @@
 package argtag
 
 import (
+	"encoding/json"
 	"fmt"
 	"reflect"
 	"strings"
@@ -29,9 +30,10 @@ const (
 
 type field struct {
 	name     string // the JSON key
-	index    int
+	index    []int  // for reflect.Value.FieldByIndex: embedded structs are flattened
 	mode     mode
 	required bool
+	zero     json.RawMessage // the field's zero value as encoding/json writes it (nil if it cannot)
 }
 
 // Layout is how one argument type appears in logs. The zero Layout shows
@@ -41,7 +43,9 @@ type Layout struct {
 }
 
 // Parse reads the tags of t, a struct type or a pointer to one. Other types
-// have no fields to show.
+// have no fields to show. The fields of embedded structs without a JSON
+// name are the type's own, as encoding/json promotes them; a field of the
+// outer struct hides an embedded one of the same name.
 func Parse(t reflect.Type) (*Layout, error) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -50,42 +54,87 @@ func Parse(t reflect.Type) (*Layout, error) {
 	if t.Kind() != reflect.Struct {
 		return l, nil
 	}
-	for i := range t.NumField() {
-		sf := t.Field(i)
-		if !sf.IsExported() {
-			continue
-		}
-		name := sf.Name
-		if tag, ok := sf.Tag.Lookup("json"); ok {
-			first, _, _ := strings.Cut(tag, ",")
-			if first == "-" {
-				continue
-			}
-			if first != "" {
-				name = first
-			}
-		}
-		f := field{name: name, index: i}
-		if tag, ok := sf.Tag.Lookup("shadows"); ok {
-			for opt := range strings.SplitSeq(tag, ",") {
-				switch strings.TrimSpace(opt) {
-				case "logged":
-					if f.mode == hidden {
-						f.mode = value
+	taken := map[string]bool{}
+	// Breadth first, so that a shallower field wins a name.
+	type level struct {
+		t     reflect.Type
+		index []int
+	}
+	for current := []level{{t: t}}; len(current) > 0; {
+		var next []level
+		var found []field
+		for _, lv := range current {
+			for i := range lv.t.NumField() {
+				sf := lv.t.Field(i)
+				index := append(append([]int(nil), lv.index...), i)
+				name, named := sf.Name, false
+				if tag, ok := sf.Tag.Lookup("json"); ok {
+					first, _, _ := strings.Cut(tag, ",")
+					if first == "-" {
+						continue
 					}
-				case "length":
-					f.mode = length
-				case "required":
-					f.required = true
-				case "":
-				default:
-					return nil, fmt.Errorf("field %s: unknown shadows tag option %q (want logged, length or required)", sf.Name, opt)
+					if first != "" {
+						name, named = first, true
+					}
 				}
+				if sf.Anonymous && !named {
+					et := sf.Type
+					if et.Kind() == reflect.Pointer {
+						et = et.Elem()
+					}
+					if et.Kind() == reflect.Struct {
+						next = append(next, level{t: et, index: index})
+						continue
+					}
+				}
+				if !sf.IsExported() {
+					continue
+				}
+				f := field{name: name, index: index}
+				if zero, err := json.Marshal(reflect.Zero(sf.Type).Interface()); err == nil {
+					f.zero = zero
+				}
+				if tag, ok := sf.Tag.Lookup("shadows"); ok {
+					for opt := range strings.SplitSeq(tag, ",") {
+						switch strings.TrimSpace(opt) {
+						case "logged":
+							if f.mode == hidden {
+								f.mode = value
+							}
+						case "length":
+							f.mode = length
+						case "required":
+							f.required = true
+						case "":
+						default:
+							return nil, fmt.Errorf("field %s: unknown shadows tag option %q (want logged, length or required)", sf.Name, opt)
+						}
+					}
+				}
+				found = append(found, f)
 			}
 		}
-		l.fields = append(l.fields, f)
+		for _, f := range found {
+			if !taken[f.name] {
+				taken[f.name] = true
+				l.fields = append(l.fields, f)
+			}
+		}
+		current = next
 	}
 	return l, nil
+}
+
+// Zero is the JSON of the zero value of the field named name, as
+// encoding/json writes it: what a field that is absent from stored
+// arguments (omitempty, or a field added since) decodes to.
+func (l *Layout) Zero(name string) (json.RawMessage, bool) {
+	for _, f := range l.fields {
+		if f.name == name && f.zero != nil {
+			return f.zero, true
+		}
+	}
+	return nil, false
 }
 
 // Fields lists the JSON names of the type's fields, in order.
@@ -128,7 +177,11 @@ func (l *Layout) Format(v any) string {
 		}
 		b.WriteString(f.name)
 		b.WriteByte('=')
-		fv := rv.Field(f.index)
+		fv, err := rv.FieldByIndexErr(f.index)
+		if err != nil { // a nil embedded pointer
+			b.WriteString("<nil>")
+			continue
+		}
 		switch f.mode {
 		case hidden:
 			b.WriteString("...")

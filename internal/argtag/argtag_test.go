@@ -2,6 +2,7 @@ package argtag_test
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -50,4 +51,42 @@ func TestNonStruct(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, l.Format([]int{1}))
 	require.Empty(t, l.Required())
+}
+
+type base struct {
+	Tenant string `json:"tenant" shadows:"logged"`
+	Shadow string `json:"n"` // hidden by the outer n
+}
+
+type Base2 struct {
+	Deep int `json:"deep"`
+}
+
+type withEmbedded struct {
+	base
+	*Base2
+	N     int    `json:"n" shadows:"logged"`
+	Empty string `json:"empty,omitempty"`
+	Named base   `json:"named"`
+}
+
+func TestEmbeddedFieldsAreTheTypesOwn(t *testing.T) {
+	l, err := argtag.Parse(reflect.TypeFor[withEmbedded]())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(l.Fields(), ","), "n,empty,named,tenant,deep"; got != want {
+		t.Errorf("Fields() = %s, want %s", got, want)
+	}
+	if got, want := l.Format(withEmbedded{base: base{Tenant: "acme"}, N: 3}), `n=3, empty=..., named=..., tenant="acme", deep=<nil>`; got != want {
+		t.Errorf("Format = %s, want %s", got, want)
+	}
+	for name, want := range map[string]string{"empty": `""`, "n": `0`, "deep": `0`, "named": `{"tenant":"","n":""}`} {
+		if got, ok := l.Zero(name); !ok || string(got) != want {
+			t.Errorf("Zero(%s) = %s, %v; want %s", name, got, ok, want)
+		}
+	}
+	if _, ok := l.Zero("missing"); ok {
+		t.Error("Zero of a field the type lacks")
+	}
 }
