@@ -18,9 +18,9 @@ import (
 type argReader struct {
 	task string
 	args json.RawMessage
-	// layout, when known, gives the zero value of a field the arguments
-	// lack (dropped by omitempty, or added to the type since): as decoding
-	// them would, the field then counts as zero.
+	// layout, when known, gives the value of an omitempty field the
+	// arguments lack: encoding/json dropped it because it was zero. Any
+	// other missing field is an error.
 	layout *argtag.Layout
 	fields map[string]json.RawMessage // nil until decoded
 }
@@ -40,7 +40,7 @@ func (r *argReader) field(name string) (raw json.RawMessage, found bool, err err
 	}
 	raw, found = r.fields[name]
 	if !found && r.layout != nil {
-		raw, found = r.layout.Zero(name)
+		raw, found = r.layout.Omitted(name)
 	}
 	return raw, found, nil
 }

@@ -33,7 +33,7 @@ type field struct {
 	index    []int  // for reflect.Value.FieldByIndex: embedded structs are flattened
 	mode     mode
 	required bool
-	zero     json.RawMessage // the field's zero value as encoding/json writes it (nil if it cannot)
+	omitted  json.RawMessage // for an omitempty field, its zero value as JSON (nil otherwise)
 }
 
 // Layout is how one argument type appears in logs. The zero Layout shows
@@ -67,14 +67,17 @@ func Parse(t reflect.Type) (*Layout, error) {
 			for i := range lv.t.NumField() {
 				sf := lv.t.Field(i)
 				index := append(append([]int(nil), lv.index...), i)
-				name, named := sf.Name, false
+				name, named, omitempty := sf.Name, false, false
 				if tag, ok := sf.Tag.Lookup("json"); ok {
-					first, _, _ := strings.Cut(tag, ",")
-					if first == "-" {
+					first, opts, _ := strings.Cut(tag, ",")
+					if first == "-" && opts == "" {
 						continue
 					}
 					if first != "" {
 						name, named = first, true
+					}
+					for opt := range strings.SplitSeq(opts, ",") {
+						omitempty = omitempty || opt == "omitempty"
 					}
 				}
 				if sf.Anonymous && !named {
@@ -91,8 +94,8 @@ func Parse(t reflect.Type) (*Layout, error) {
 					continue
 				}
 				f := field{name: name, index: index}
-				if zero, err := json.Marshal(reflect.Zero(sf.Type).Interface()); err == nil {
-					f.zero = zero
+				if zero, err := json.Marshal(reflect.Zero(sf.Type).Interface()); err == nil && omitempty {
+					f.omitted = zero
 				}
 				if tag, ok := sf.Tag.Lookup("shadows"); ok {
 					for opt := range strings.SplitSeq(tag, ",") {
@@ -125,13 +128,14 @@ func Parse(t reflect.Type) (*Layout, error) {
 	return l, nil
 }
 
-// Zero is the JSON of the zero value of the field named name, as
-// encoding/json writes it: what a field that is absent from stored
-// arguments (omitempty, or a field added since) decodes to.
-func (l *Layout) Zero(name string) (json.RawMessage, bool) {
+// Omitted is the value, as JSON, of an omitempty field named name when the
+// arguments lack it: encoding/json leaves such a field out when it is
+// zero. It reports false for any other field, whose absence means the
+// arguments are not of this type.
+func (l *Layout) Omitted(name string) (json.RawMessage, bool) {
 	for _, f := range l.fields {
-		if f.name == name && f.zero != nil {
-			return f.zero, true
+		if f.name == name && f.omitted != nil {
+			return f.omitted, true
 		}
 	}
 	return nil, false
