@@ -257,10 +257,41 @@ func (c *compiledPolicy) retryAllowed(attempt int) bool {
 	return c.attempts == RetryForever || attempt < c.attempts
 }
 
-// nextCron is the first match of the cron schedule after t.
+// nextCron is the first match of the cron schedule after t, in the
+// policy's location. A schedule that names its hours ("30 2 * * *", @daily)
+// runs at those wall-clock times once a day across daylight-saving
+// changes, as Debian's cron and docket's cronsim do: a time the clocks skip
+// runs when they jump (the library alone skipped that day), and a time
+// they repeat runs once (the library ran it twice). A schedule over every
+// hour, and @every, follow real time.
 func (c *compiledPolicy) nextCron(t time.Time) time.Time {
-	return c.schedule.Next(t.In(c.location))
+	t = t.In(c.location)
+	spec, ok := c.schedule.(*cron.SpecSchedule)
+	if !ok || spec.Hour&cronStar != 0 || spec.Location != time.Local {
+		return c.schedule.Next(t)
+	}
+	// Match on the wall clock, read as UTC (which has no changes), and
+	// turn each match back into an instant of the location.
+	wall := time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC)
+	for range 1000 { // a match is at most a few years away; this bounds a schedule that never matches
+		wall = c.schedule.Next(wall)
+		if wall.IsZero() {
+			return wall
+		}
+		next := time.Date(wall.Year(), wall.Month(), wall.Day(), wall.Hour(), wall.Minute(), 0, 0, c.location)
+		if next.Hour() != wall.Hour() || next.Minute() != wall.Minute() {
+			// The clocks skip this time: run when they jump.
+			_, next = next.ZoneBounds()
+		}
+		if next.After(t) {
+			return next
+		}
+	}
+	return time.Time{}
 }
+
+// cronStar is the bit robfig/cron sets in a field written as "*".
+const cronStar = 1 << 63
 
 // RetryRequest is the error a handler returns to ask for another attempt at
 // a given time; make one with RetryAfter or RetryAt. It counts against the
