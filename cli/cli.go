@@ -331,6 +331,11 @@ func (a *app) queueConfig(cmd *cobra.Command, logger, otelLogger *slog.Logger) (
 	qc := a.cfg.Worker.Queue
 	qc.Name = a.queue
 	qc.Logger = logger
+	if a.queue == "" {
+		// queue.Config reads an empty name as the default queue: a script
+		// passing an unset variable would act on it.
+		return qc, usagef("--queue is empty")
+	}
 	if err := qc.Validate(); err != nil {
 		return qc, usagef("--queue %q: %w", clean(a.queue), err)
 	}

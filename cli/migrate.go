@@ -34,6 +34,9 @@ its tasks.`,
 		Args: args(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flags().Changed("to") {
+				if to < 0 {
+					return usagef("--to %d: a version is 0 or more", to)
+				}
 				return a.migrate(cmd, func(ctx context.Context, pool *pgxpool.Pool) error { return migrations.DownTo(ctx, pool, to) })
 			}
 			return a.migrate(cmd, func(ctx context.Context, pool *pgxpool.Pool) error { return migrations.Down(ctx, pool) })

@@ -226,6 +226,9 @@ WITH old AS (
     UPDATE shadows.tasks t
     SET state = CASE WHEN old.state = 'running' THEN t.state ELSE 'cancelled' END,
         cancel_requested = (old.state = 'running'),
+        -- An ended record is neither held nor waiting (a running row is
+        -- neither anyway).
+        held = false, waiting_on = NULL, waiting_max = NULL,
         -- A second cancel of a winding-down run keeps the first one's time.
         finished_at = coalesce(t.finished_at, now()),
         expires_at = CASE WHEN old.state = 'running' THEN NULL
@@ -289,30 +292,40 @@ func (q *Queries) CancelTask(ctx context.Context, db DBTX, arg CancelTaskParams)
 const clearTasks = `-- name: ClearTasks :one
 WITH cleared AS (
     UPDATE shadows.tasks
-    SET state = 'cancelled', finished_at = now(),
-        expires_at = now() + make_interval(secs => $1::float8)
-    WHERE queue = $2::text AND state = 'scheduled' AND $1::float8 > 0
+    SET state = 'cancelled', finished_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
+        expires_at = now() + make_interval(secs => $2::float8)
+    WHERE queue = $1::text AND state = 'scheduled' AND $2::float8 > 0
     RETURNING 1
 ), deleted AS (
     DELETE FROM shadows.tasks
-    WHERE queue = $2::text AND state = 'scheduled' AND $1::float8 <= 0
+    WHERE queue = $1::text AND state = 'scheduled' AND $2::float8 <= 0
     RETURNING 1
+), counted AS (
+    SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n
 )
-SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n
+SELECT n, CASE WHEN n > 0 THEN (SELECT true FROM pg_notify('shadows_done', $1::text))
+               ELSE false END::bool AS notified
+FROM counted
 `
 
 type ClearTasksParams struct {
-	TtlSeconds float64
 	Queue      string
+	TtlSeconds float64
+}
+
+type ClearTasksRow struct {
+	N        int64
+	Notified bool
 }
 
 // Removes every task that has not started. With a record lifetime the rows
 // stay as cancelled records; without one they are deleted.
-func (q *Queries) ClearTasks(ctx context.Context, db DBTX, arg ClearTasksParams) (int64, error) {
-	row := db.QueryRow(ctx, clearTasks, arg.TtlSeconds, arg.Queue)
-	var n int64
-	err := row.Scan(&n)
-	return n, err
+// Result waiters are woken, as by a cancel.
+func (q *Queries) ClearTasks(ctx context.Context, db DBTX, arg ClearTasksParams) (ClearTasksRow, error) {
+	row := db.QueryRow(ctx, clearTasks, arg.Queue, arg.TtlSeconds)
+	var i ClearTasksRow
+	err := row.Scan(&i.N, &i.Notified)
+	return i, err
 }
 
 const countTasks = `-- name: CountTasks :one

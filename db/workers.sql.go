@@ -12,11 +12,17 @@ import (
 
 const deleteStaleWorkers = `-- name: DeleteStaleWorkers :execrows
 DELETE FROM shadows.workers
-WHERE last_seen < now() - make_interval(secs => $1::float8)
+WHERE queue = $1::text AND last_seen < now() - make_interval(secs => $2::float8)
 `
 
-func (q *Queries) DeleteStaleWorkers(ctx context.Context, db DBTX, staleSeconds float64) (int64, error) {
-	result, err := db.Exec(ctx, deleteStaleWorkers, staleSeconds)
+type DeleteStaleWorkersParams struct {
+	Queue        string
+	StaleSeconds float64
+}
+
+// Each queue's own: queues may announce themselves at different intervals.
+func (q *Queries) DeleteStaleWorkers(ctx context.Context, db DBTX, arg DeleteStaleWorkersParams) (int64, error) {
+	result, err := db.Exec(ctx, deleteStaleWorkers, arg.Queue, arg.StaleSeconds)
 	if err != nil {
 		return 0, err
 	}

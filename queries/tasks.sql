@@ -157,6 +157,9 @@ WITH old AS (
     UPDATE shadows.tasks t
     SET state = CASE WHEN old.state = 'running' THEN t.state ELSE 'cancelled' END,
         cancel_requested = (old.state = 'running'),
+        -- An ended record is neither held nor waiting (a running row is
+        -- neither anyway).
+        held = false, waiting_on = NULL, waiting_max = NULL,
         -- A second cancel of a winding-down run keeps the first one's time.
         finished_at = coalesce(t.finished_at, now()),
         expires_at = CASE WHEN old.state = 'running' THEN NULL
@@ -209,7 +212,7 @@ WHERE queue = @queue::text AND key = ANY (@keys::text[]);
 -- stay as cancelled records; without one they are deleted.
 WITH cleared AS (
     UPDATE shadows.tasks
-    SET state = 'cancelled', finished_at = now(),
+    SET state = 'cancelled', finished_at = now(), held = false, waiting_on = NULL, waiting_max = NULL,
         expires_at = now() + make_interval(secs => @ttl_seconds::float8)
     WHERE queue = @queue::text AND state = 'scheduled' AND @ttl_seconds::float8 > 0
     RETURNING 1
@@ -217,8 +220,13 @@ WITH cleared AS (
     DELETE FROM shadows.tasks
     WHERE queue = @queue::text AND state = 'scheduled' AND @ttl_seconds::float8 <= 0
     RETURNING 1
+), counted AS (
+    SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n
 )
-SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n;
+-- Result waiters are woken, as by a cancel.
+SELECT n, CASE WHEN n > 0 THEN (SELECT true FROM pg_notify('shadows_done', @queue::text))
+               ELSE false END::bool AS notified
+FROM counted;
 
 -- name: CountTasks :one
 -- Snapshot counters: all live tasks, those not yet started (due or future),

@@ -16,5 +16,6 @@ WHERE queue = @queue::text
 ORDER BY name;
 
 -- name: DeleteStaleWorkers :execrows
+-- Each queue's own: queues may announce themselves at different intervals.
 DELETE FROM shadows.workers
-WHERE last_seen < now() - make_interval(secs => @stale_seconds::float8);
+WHERE queue = @queue::text AND last_seen < now() - make_interval(secs => @stale_seconds::float8);

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/shadows-go/shadows/db"
 )
 
@@ -58,9 +60,20 @@ type WorkerInfo struct {
 }
 
 // Snapshot reads the queue's counts, its earliest pending tasks, its running
-// tasks and its workers.
-func (q *Queue) Snapshot(ctx context.Context) (*Snapshot, error) {
-	c, err := q.queries.CountTasks(ctx, q.pool, q.cfg.Name)
+// tasks and its workers, all as of one moment (one read-only, repeatable
+// read transaction: a task claimed meanwhile is not both pending and
+// running).
+func (q *Queue) Snapshot(ctx context.Context) (s *Snapshot, err error) {
+	err = pgx.BeginTxFunc(ctx, q.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly},
+		func(tx pgx.Tx) error {
+			s, err = q.snapshot(ctx, tx)
+			return err
+		})
+	return s, err
+}
+
+func (q *Queue) snapshot(ctx context.Context, tx pgx.Tx) (*Snapshot, error) {
+	c, err := q.queries.CountTasks(ctx, tx, q.cfg.Name)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -73,14 +86,14 @@ func (q *Queue) Snapshot(ctx context.Context) (*Snapshot, error) {
 		Waiting:      int(c.Waiting),
 		Held:         int(c.Held),
 	}
-	pending, err := q.queries.ListPending(ctx, q.pool, db.ListPendingParams{Queue: q.cfg.Name, MaxRows: SnapshotLimit})
+	pending, err := q.queries.ListPending(ctx, tx, db.ListPendingParams{Queue: q.cfg.Name, MaxRows: SnapshotLimit})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	for _, r := range pending {
 		s.Future = append(s.Future, TaskInfo{Key: r.Key, Task: r.Task, When: r.RunAt, Attempt: int(r.Attempt)})
 	}
-	running, err := q.queries.ListRunning(ctx, q.pool, db.ListRunningParams{Queue: q.cfg.Name, MaxRows: SnapshotLimit})
+	running, err := q.queries.ListRunning(ctx, tx, db.ListRunningParams{Queue: q.cfg.Name, MaxRows: SnapshotLimit})
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -94,7 +107,7 @@ func (q *Queue) Snapshot(ctx context.Context) (*Snapshot, error) {
 		}
 		s.Running = append(s.Running, t)
 	}
-	if s.Workers, err = q.Workers(ctx); err != nil {
+	if s.Workers, err = q.workers(ctx, tx); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
 	return s, nil
@@ -104,17 +117,21 @@ func (q *Queue) Snapshot(ctx context.Context) (*Snapshot, error) {
 // returns how many it removed. Running tasks go on. With a record lifetime
 // the removed tasks keep a cancelled record.
 func (q *Queue) Clear(ctx context.Context) (int, error) {
-	n, err := q.queries.ClearTasks(ctx, q.pool, db.ClearTasksParams{Queue: q.cfg.Name, TtlSeconds: q.ttlSeconds()})
+	row, err := q.queries.ClearTasks(ctx, q.pool, db.ClearTasksParams{Queue: q.cfg.Name, TtlSeconds: q.ttlSeconds()})
 	if err != nil {
 		return 0, fmt.Errorf("clear: %w", err)
 	}
-	return int(n), nil
+	return int(row.N), nil
 }
 
 // Workers lists the workers that sent a heartbeat within HeartbeatInterval ×
 // MissedHeartbeats.
 func (q *Queue) Workers(ctx context.Context) ([]WorkerInfo, error) {
-	rows, err := q.queries.ListWorkers(ctx, q.pool, db.ListWorkersParams{
+	return q.workers(ctx, q.pool)
+}
+
+func (q *Queue) workers(ctx context.Context, conn db.DBTX) ([]WorkerInfo, error) {
+	rows, err := q.queries.ListWorkers(ctx, conn, db.ListWorkersParams{
 		Queue:        q.cfg.Name,
 		StaleSeconds: q.WorkerStaleAfter().Seconds(),
 	})

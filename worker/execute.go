@@ -440,7 +440,9 @@ func (w *Worker) admitOrDefer(ctx context.Context, x *execution, policy *compile
 		return true
 	}
 	p.Queue = w.q.Name()
-	row, err := w.queries.Admit(ctx, w.pool, p)
+	actx, cancel := context.WithTimeout(ctx, w.opTimeout())
+	row, err := w.queries.Admit(actx, w.pool, p)
+	cancel()
 	if err != nil {
 		row.Action, row.DelaySeconds, row.Reason = "reschedule", w.backoff(0).Seconds(), "admission check failed: "+err.Error()
 	}

@@ -103,7 +103,9 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 			continue
 		}
 		if untilFinished && w.running.Load() == 0 && w.done.idle() {
-			live, err := w.queries.HasLiveTasks(ctx, w.pool, w.q.Name())
+			qctx, cancel := context.WithTimeout(ctx, w.opTimeout())
+			live, err := w.queries.HasLiveTasks(qctx, w.pool, w.q.Name())
+			cancel()
 			if err == nil && !live {
 				return
 			}
@@ -243,7 +245,9 @@ func (w *Worker) waitForSlots(ctx context.Context, freed chan struct{}) bool {
 // due (rounded up to the scheduling resolution), at most CheckInterval.
 func (w *Worker) idleWait(ctx context.Context) time.Duration {
 	wait := w.cfg.CheckInterval
-	next, err := w.queries.NextDue(ctx, w.pool, w.q.Name())
+	qctx, cancel := context.WithTimeout(ctx, w.opTimeout())
+	defer cancel()
+	next, err := w.queries.NextDue(qctx, w.pool, w.q.Name())
 	if err != nil {
 		return wait // none scheduled, or the database is away: poll
 	}

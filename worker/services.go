@@ -321,9 +321,12 @@ func (w *Worker) ttlSeconds() float64 {
 // reconnecting when it is lost.
 func (w *Worker) listen(ctx context.Context) {
 	for failures := 0; ctx.Err() == nil; {
-		err := w.listenOnce(ctx)
+		connected, err := w.listenOnce(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if connected {
+			failures = 0 // a connection that was lost, not one that failed: start the back-off afresh
 		}
 		w.logger.Warn("notification listener lost its connection; reconnecting", "error", err)
 		if !sleep(ctx, w.backoff(failures)) {
@@ -333,18 +336,44 @@ func (w *Worker) listen(ctx context.Context) {
 	}
 }
 
-func (w *Worker) listenOnce(ctx context.Context) error {
-	conn, err := pgx.ConnectConfig(ctx, w.pool.Config().ConnConfig.Copy())
-	if err != nil {
-		return err
+// connect opens a connection of the worker's own, outside the pool, as the
+// pool would open one (its BeforeConnect and AfterConnect hooks run: they
+// may set rotating credentials).
+func (w *Worker) connect(ctx context.Context) (*pgx.Conn, error) {
+	pc := w.pool.Config()
+	cc := pc.ConnConfig.Copy()
+	if pc.BeforeConnect != nil {
+		if err := pc.BeforeConnect(ctx, cc); err != nil {
+			return nil, err
+		}
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		conn.Close(cctx)
-	}()
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return nil, err
+	}
+	if pc.AfterConnect != nil {
+		if err := pc.AfterConnect(ctx, conn); err != nil {
+			closeConn(conn)
+			return nil, err
+		}
+	}
+	return conn, nil
+}
+
+func closeConn(conn *pgx.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	conn.Close(ctx)
+}
+
+func (w *Worker) listenOnce(ctx context.Context) (connected bool, err error) {
+	conn, err := w.connect(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer closeConn(conn)
 	if _, err := conn.Exec(ctx, "LISTEN "+notify.Ready+"; LISTEN "+notify.Cancel); err != nil {
-		return err
+		return false, err
 	}
 	// Anything may have become due, or been cancelled, while nobody
 	// listened: look for due tasks and check the running ones now.
@@ -354,7 +383,7 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
-			return err
+			return true, err
 		}
 		switch n.Channel {
 		case notify.Ready:
@@ -382,10 +411,21 @@ func (w *Worker) listenOnce(ctx context.Context) error {
 // redelivery timeout, and whenever the listener (re)connects, and cancels
 // those a cancel asked to stop: the backstop for a cancel notification sent
 // while nobody listened.
+//
+// Renewals have a connection of their own, opened when there is something
+// to renew: handlers that use the worker's pool, and hold all of its
+// connections, once kept renewals waiting until the leases lapsed and other
+// workers ran the tasks again.
 func (w *Worker) renewLeases(ctx context.Context) {
 	every := w.cfg.RedeliveryTimeout / 4
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			closeConn(conn)
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -394,7 +434,7 @@ func (w *Worker) renewLeases(ctx context.Context) {
 		case <-w.renewNow:
 		}
 		for failures := 0; ctx.Err() == nil; failures++ {
-			err := w.renewOnce(ctx, w.opTimeout())
+			err := w.renewOnce(ctx, w.opTimeout(), &conn)
 			if err == nil {
 				break
 			}
@@ -409,9 +449,10 @@ func (w *Worker) renewLeases(ctx context.Context) {
 	}
 }
 
-// renewOnce extends the leases of the tasks in flight, within limit. It is
+// renewOnce extends the leases of the tasks in flight, within limit, over
+// *conn (opened if nil, closed and set to nil after an error). It is
 // serialised with recording outcomes: both lock the same rows.
-func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
+func (w *Worker) renewOnce(ctx context.Context, limit time.Duration, conn **pgx.Conn) (err error) {
 	w.done.flushMu.Lock()
 	defer w.done.flushMu.Unlock()
 	keys, gens, deliveries, started := w.inflight.snapshot()
@@ -420,7 +461,18 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	cancelled, err := w.queries.RenewLeases(ctx, w.pool, db.RenewLeasesParams{
+	if *conn == nil {
+		if *conn, err = w.connect(ctx); err != nil {
+			return err
+		}
+	}
+	defer func() {
+		if err != nil {
+			closeConn(*conn)
+			*conn = nil
+		}
+	}()
+	cancelled, err := w.queries.RenewLeases(ctx, *conn, db.RenewLeasesParams{
 		Queue: w.q.Name(), Keys: keys, Generations: gens, Deliveries: deliveries, StartedAts: started,
 		Worker: w.cfg.Name, LeaseSeconds: w.leaseSeconds(),
 	})
@@ -435,7 +487,7 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration) error {
 	if held := w.inflight.heldSlots(); len(held.LimitKeys) > 0 {
 		// Every holder, replaced or not: its slots count while it runs.
 		held.Queue, held.LeaseSeconds = w.q.Name(), w.leaseSeconds()
-		lost, err := w.queries.RenewSlots(ctx, w.pool, held)
+		lost, err := w.queries.RenewSlots(ctx, *conn, held)
 		if err != nil {
 			return err
 		}
@@ -460,7 +512,9 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	gcEvery := min(max(qc.ExecutionTTL/4, time.Second), 30*time.Second)
 	var lastGC time.Time
 	for {
-		err := w.queries.Heartbeat(ctx, w.pool, db.HeartbeatParams{Queue: w.q.Name(), Name: w.cfg.Name, Tasks: names})
+		hctx, cancel := context.WithTimeout(ctx, w.opTimeout())
+		err := w.queries.Heartbeat(hctx, w.pool, db.HeartbeatParams{Queue: w.q.Name(), Name: w.cfg.Name, Tasks: names})
+		cancel()
 		if err != nil && ctx.Err() == nil {
 			w.logger.Warn("heartbeat failed", "error", err)
 		}
@@ -483,7 +537,9 @@ const gcBatch = 1000
 
 func (w *Worker) collectGarbage(ctx context.Context) {
 	for ctx.Err() == nil {
-		n, err := w.queries.DeleteExpired(ctx, w.pool, gcBatch)
+		dctx, cancel := context.WithTimeout(ctx, w.opTimeout())
+		n, err := w.queries.DeleteExpired(dctx, w.pool, gcBatch)
+		cancel()
 		if err != nil {
 			if !errors.Is(err, context.Canceled) {
 				w.logger.Warn("deleting expired records failed", "error", err)
@@ -498,7 +554,7 @@ func (w *Worker) collectGarbage(ctx context.Context) {
 		w.logger.Warn("deleting expired admission records failed", "error", err)
 	}
 	stale := 10 * w.q.WorkerStaleAfter()
-	if _, err := w.queries.DeleteStaleWorkers(ctx, w.pool, stale.Seconds()); err != nil && ctx.Err() == nil {
+	if _, err := w.queries.DeleteStaleWorkers(ctx, w.pool, db.DeleteStaleWorkersParams{Queue: w.q.Name(), StaleSeconds: stale.Seconds()}); err != nil && ctx.Err() == nil {
 		w.logger.Warn("deleting stale workers failed", "error", err)
 	}
 }

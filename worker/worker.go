@@ -19,6 +19,13 @@ import (
 	"github.com/shadows-go/shadows/queue"
 )
 
+// Bounds [New] checks: a shorter redelivery timeout leaves too little time
+// to renew leases, and concurrency beyond this is surely a mistake.
+const (
+	MinRedeliveryTimeout = time.Second
+	MaxConcurrency       = 1 << 20
+)
+
 // Defaults applied by [New] to a zero [Config].
 const (
 	DefaultConcurrency          = 10
@@ -46,7 +53,8 @@ type Config struct {
 	// other worker runs the task again once the lease lapses. Each of the
 	// worker's own database operations (a claim, an outcome batch, a
 	// renewal) is abandoned and retried after half of it. Workers of one
-	// queue should agree on it. Defaults to 5 minutes.
+	// queue should agree on it. Defaults to 5 minutes; at least
+	// MinRedeliveryTimeout. (The other durations must be at least 1ms.)
 	RedeliveryTimeout time.Duration
 
 	// ReconnectionDelay caps the back-off between attempts while the
@@ -103,19 +111,24 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: name %q: %w", ErrInvalidConfig, c.Name, err)
 	}
 	var err error
-	positive := func(d *time.Duration, def time.Duration, what string) {
+	// Each duration has a floor: a plain number where a duration was meant
+	// (RedeliveryTimeout: 5) is nanoseconds, and gave claims that always
+	// timed out, a ticker that panicked, or a loop polling without pause.
+	atLeast := func(d *time.Duration, def, floor time.Duration, what string) {
 		switch {
 		case *d == 0:
 			*d = def
 		case *d < 0 && err == nil:
 			err = fmt.Errorf("%w: %s %v is negative", ErrInvalidConfig, what, *d)
+		case *d < floor && err == nil:
+			err = fmt.Errorf("%w: %s %v is shorter than %v", ErrInvalidConfig, what, *d, floor)
 		}
 	}
-	positive(&c.RedeliveryTimeout, DefaultRedeliveryTimeout, "redelivery timeout")
-	positive(&c.ReconnectionDelay, DefaultReconnectionDelay, "reconnection delay")
-	positive(&c.CheckInterval, DefaultCheckInterval, "check interval")
-	positive(&c.SchedulingResolution, DefaultSchedulingResolution, "scheduling resolution")
-	positive(&c.ReseedInterval, ReseedInterval, "reseed interval")
+	atLeast(&c.RedeliveryTimeout, DefaultRedeliveryTimeout, MinRedeliveryTimeout, "redelivery timeout")
+	atLeast(&c.ReconnectionDelay, DefaultReconnectionDelay, time.Millisecond, "reconnection delay")
+	atLeast(&c.CheckInterval, DefaultCheckInterval, time.Millisecond, "check interval")
+	atLeast(&c.SchedulingResolution, DefaultSchedulingResolution, time.Millisecond, "scheduling resolution")
+	atLeast(&c.ReseedInterval, ReseedInterval, time.Millisecond, "reseed interval")
 	if err != nil {
 		return c, err
 	}
@@ -124,6 +137,8 @@ func (c Config) withDefaults() (Config, error) {
 		c.Concurrency = DefaultConcurrency
 	case c.Concurrency < 0:
 		return c, fmt.Errorf("%w: concurrency %d is negative", ErrInvalidConfig, c.Concurrency)
+	case c.Concurrency > MaxConcurrency:
+		return c, fmt.Errorf("%w: concurrency %d is more than %d", ErrInvalidConfig, c.Concurrency, MaxConcurrency)
 	}
 	if c.Fallback == nil {
 		c.Fallback = dropUnknown

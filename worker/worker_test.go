@@ -799,6 +799,15 @@ func TestRegistrationAndConfigErrors(t *testing.T) {
 		{RedeliveryTimeout: -time.Second},
 		{CheckInterval: -time.Second},
 		{Queue: queue.Config{Name: "bad\x01name"}},
+		// A plain number where a duration was meant is nanoseconds: claims
+		// that always timed out, or a renewal ticker that panicked.
+		{RedeliveryTimeout: 5},
+		{RedeliveryTimeout: 999 * time.Millisecond},
+		{CheckInterval: 5},
+		{SchedulingResolution: 5},
+		{ReconnectionDelay: 5},
+		{ReseedInterval: 5},
+		{Concurrency: worker.MaxConcurrency + 1},
 	}
 	for _, c := range bad {
 		_, err := worker.New(pool, reg, c)
@@ -975,4 +984,56 @@ func TestCancelStopsTheReplacedCopyStillRunning(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, queue.StateCancelled, ex.State, "the replacement is cancelled")
 	require.EqualValues(t, 2, ex.Generation)
+}
+
+// Lease renewals have a connection of their own: handlers that hold every
+// connection of the worker's pool (slow queries on the application's pool,
+// which the worker shares) once kept renewals waiting until the leases
+// lapsed, and another worker ran the tasks a second time.
+func TestHandlersHoldingThePoolDoNotStopRenewals(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	cfg, err := pgxpool.ParseConfig(pgtest.URL(t))
+	require.NoError(t, err)
+	cfg.MaxConns = 2
+	small, err := pgxpool.NewWithConfig(t.Context(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(small.Close)
+	var mu sync.Mutex
+	runs := map[string][]string{}
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
+		mu.Lock()
+		runs[task.Key] = append(runs[task.Key], task.Worker)
+		mu.Unlock()
+		_, err := small.Exec(ctx, "SELECT pg_sleep(4)") // holds one of the pool's two connections
+		return err
+	}, worker.Policy{})
+	for i := range 2 {
+		_, err := b.q.Add(t.Context(), Block{}, &queue.AddOpts{Key: fmt.Sprint(i)})
+		require.NoError(t, err)
+	}
+	acfg := b.cfg
+	acfg.Name, acfg.Concurrency, acfg.RedeliveryTimeout = "A", 2, 2*time.Second
+	a, err := worker.New(small, b.reg, acfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = a.Run(ctx) })
+	eventually(t, "A runs both", func() bool { mu.Lock(); defer mu.Unlock(); return len(runs) == 2 })
+	bcfg := b.cfg
+	bcfg.Name, bcfg.RedeliveryTimeout = "B", 2*time.Second
+	other, err := worker.New(b.pool, b.reg, bcfg)
+	require.NoError(t, err)
+	wg.Go(func() { _ = other.Run(ctx) })
+	for i := range 2 {
+		ex, err := b.wait(t, fmt.Sprint(i))
+		require.NoError(t, err)
+		require.Equal(t, queue.StateCompleted, ex.State)
+	}
+	cancel()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, map[string][]string{"0": {"A"}, "1": {"A"}}, runs, "each ran once, on A")
 }

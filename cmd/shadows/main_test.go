@@ -383,6 +383,8 @@ func TestBadArguments(t *testing.T) {
 		{"extra argument", nil, []string{"snapshot", "extra"}, 2, `unknown command "extra" for "shadows snapshot"`},
 		{"malformed URL", nil, []string{"snapshot", "--url", "not a url"}, 2, "invalid --url"},
 		{"bad queue name", nil, []string{"snapshot", "--url", url, "--queue", "a\x01b"}, 2, "--queue"},
+		{"empty queue name", nil, []string{"clear", "--url", url, "--queue", ""}, 2, "--queue is empty"},
+		{"negative version", nil, []string{"migrate", "down", "--to", "-1", "--url", url}, 2, "--to -1: a version is 0 or more"},
 		{"unreachable database", nil, []string{"snapshot", "--url", unreachable}, 1, "cannot connect to the database: failed to connect to"},
 		{"unreachable database, worker", nil, []string{"worker", "--url", unreachable}, 1, "connect: connection refused"},
 		{"unreachable database from the environment", []string{"DATABASE_URL=" + unreachable}, []string{"clear"}, 1, "cannot connect to the database"},
