@@ -115,27 +115,24 @@ func (s *inflightSet) remove(k inflightKey) {
 // cancel a new run of the same key. Cancels name the claim time too
 // (cancelExact); this serves notifications from earlier versions.
 func (s *inflightSet) cancelRun(key string, generation int64) {
-	s.mu.Lock()
-	var hit []*inflight
-	for k, f := range s.m {
-		if k.key == key && (generation == 0 || k.generation == generation) {
-			hit = append(hit, f)
-		}
-	}
-	s.mu.Unlock()
-	for _, f := range hit {
-		f.markCancelled()
-	}
+	s.cancelWhere(func(k inflightKey) bool {
+		return k.key == key && (generation == 0 || k.generation == generation)
+	})
 }
 
 // cancelBelow cancels every run of key whose generation is below
 // generation: runs whose record moved on (replaced, or cancelled and added
 // again) while they ran, which a cancel of the key stops as well.
 func (s *inflightSet) cancelBelow(key string, generation int64) {
+	s.cancelWhere(func(k inflightKey) bool { return k.key == key && k.generation < generation })
+}
+
+// cancelWhere cancels the runs in flight that match, outside the lock.
+func (s *inflightSet) cancelWhere(match func(inflightKey) bool) {
 	s.mu.Lock()
 	var hit []*inflight
 	for k, f := range s.m {
-		if k.key == key && k.generation < generation {
+		if match(k) {
 			hit = append(hit, f)
 		}
 	}
