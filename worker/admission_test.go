@@ -22,12 +22,16 @@ func (Ping) TaskName() string { return "ping" }
 
 func TestCooldownDropsRunsWithinTheWindow(t *testing.T) {
 	t.Parallel()
+	// The window is wide because both runs of host a must be admitted
+	// within it: on a loaded CI machine a claimed run's admission once
+	// came 600ms after its twin's.
+	const window = 2 * time.Second
 	b := setup(t)
 	var l ledger
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
 		l.add(task.Key)
 		return nil
-	}, worker.Policy{Cooldown: []worker.Cooldown{{Arg: "host", Window: 400 * time.Millisecond}}})
+	}, worker.Policy{Cooldown: []worker.Cooldown{{Arg: "host", Window: window}}})
 	ctx := t.Context()
 	for i, host := range []string{"a", "a", "b"} {
 		_, err := b.q.Add(ctx, Ping{Host: host}, &queue.AddOpts{Key: fmt.Sprint("early-", i)})
@@ -46,7 +50,7 @@ func TestCooldownDropsRunsWithinTheWindow(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrCancelled)
 	require.Equal(t, "dropped by cooldown host:a", ex.Error)
 
-	_, err = b.q.Add(ctx, Ping{Host: "a"}, &queue.AddOpts{Key: "late", When: time.Now().Add(450 * time.Millisecond)})
+	_, err = b.q.Add(ctx, Ping{Host: "a"}, &queue.AddOpts{Key: "late", When: time.Now().Add(window + 50*time.Millisecond)})
 	require.NoError(t, err)
 	b.runUntilFinished(t)
 	_, notes = l.snapshot()
@@ -55,12 +59,15 @@ func TestCooldownDropsRunsWithinTheWindow(t *testing.T) {
 
 func TestDebounceRunsOnceAfterSubmissionsSettle(t *testing.T) {
 	t.Parallel()
+	// Submissions come 100ms apart; the settle time leaves room for a
+	// loaded machine to stall one of them.
+	const settle = time.Second
 	b := setup(t)
 	var l ledger
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Ping]) error {
 		l.add(task.Key)
 		return nil
-	}, worker.Policy{Debounce: &worker.Debounce{Arg: "host", Settle: 300 * time.Millisecond}})
+	}, worker.Policy{Debounce: &worker.Debounce{Arg: "host", Settle: settle}})
 	b.start(t)
 	ctx := t.Context()
 	first := time.Now()
@@ -89,8 +96,8 @@ func TestDebounceRunsOnceAfterSubmissionsSettle(t *testing.T) {
 	}
 	runs, notes := l.snapshot()
 	require.Equal(t, []string{"submit-0"}, notes)
-	require.GreaterOrEqual(t, runs[0].Sub(last), 300*time.Millisecond, "it ran once the submissions had settled")
-	require.Greater(t, runs[0].Sub(first), 500*time.Millisecond)
+	require.GreaterOrEqual(t, runs[0].Sub(last), settle, "it ran once the submissions had settled")
+	require.Greater(t, runs[0].Sub(first), settle+300*time.Millisecond)
 }
 
 func TestRateLimitDelaysOrDropsTheExcess(t *testing.T) {
