@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -184,7 +185,11 @@ func (a *app) runWorker(cmd *cobra.Command, f *workerFlags) error {
 		run = w.RunUntilFinished
 	}
 	if err := run(ctx); err != nil {
-		return fmt.Errorf("worker: %w", err)
+		if !errors.Is(err, worker.ErrUnfinished) {
+			return fmt.Errorf("worker: %w", err)
+		}
+		// A signal stopped it before the queue finished: a clean stop.
+		logger.Info("stopped before the queue finished", "queue", w.Queue().Name())
 	}
 	logger.Info("worker stopped", "queue", w.Queue().Name(), "worker", w.Name())
 	return nil

@@ -28,26 +28,27 @@ import (
 // started them the database waited (a 100,000-task burn spent 99% of its
 // time inside claims). With two, one claim is in the database while the
 // other's rows are being started, and both cores of a small machine work.
-func (w *Worker) claimLoops(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) {
+func (w *Worker) claimLoops(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) (finished bool) {
 	w.claiming.Store(true)
 	defer w.claiming.Store(false)
 	if w.cfg.Concurrency < 2 {
-		w.claimLoop(ctx, untilFinished, tasks)
-		return
+		return w.claimLoop(ctx, untilFinished, tasks)
 	}
 	helperCtx, stopHelper := context.WithCancel(ctx)
 	var helper sync.WaitGroup
 	helper.Go(func() { w.helpClaim(helperCtx, tasks) })
-	w.claimLoop(ctx, untilFinished, tasks)
+	finished = w.claimLoop(ctx, untilFinished, tasks)
 	stopHelper()
 	helper.Wait()
+	return finished
 }
 
 // claimLoop claims due tasks while there are free slots and starts each in
 // its own goroutine, until ctx is cancelled or, with untilFinished, the
-// queue has nothing left to run. It never waits on a running task. It alone
-// looks for lapsed leases, waits for notifications and polls.
-func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) {
+// queue has nothing left to run (then it reports true). It never waits on a
+// running task. It alone looks for lapsed leases, waits for notifications
+// and polls.
+func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.WaitGroup) (finished bool) {
 	poll := time.NewTimer(0)
 	defer poll.Stop()
 	var (
@@ -67,7 +68,7 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 			n, started, err := w.claimReserved(ctx, free, sweep, tasks)
 			if err != nil {
 				if !w.backOffAfter(ctx, err, &failures) {
-					return
+					return false
 				}
 				continue
 			}
@@ -98,7 +99,7 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 			// free. Let a few free up first when many are busy, so claims
 			// come in batches.
 			if !w.waitForSlots(ctx, w.slotFreed) {
-				return
+				return false
 			}
 			continue
 		}
@@ -107,18 +108,19 @@ func (w *Worker) claimLoop(ctx context.Context, untilFinished bool, tasks *sync.
 			live, err := w.queries.HasLiveTasks(qctx, w.pool, w.q.Name())
 			cancel()
 			if err == nil && !live {
-				return
+				return true
 			}
 		}
 		resetTimer(poll, w.idleWait(ctx))
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-w.wake:
 		case <-w.slotFreed:
 		case <-poll.C:
 		}
 	}
+	return false
 }
 
 // helpClaim claims alongside the claim loop while a backlog lasts (the last

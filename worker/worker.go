@@ -241,14 +241,17 @@ func (w *Worker) Queue() *queue.Queue { return w.q }
 // returns nil. While the database cannot be reached it logs, backs off and
 // retries; it returns an error only if it cannot run at all.
 func (w *Worker) Run(ctx context.Context) error {
-	return w.run(ctx, false)
+	return w.run(ctx, false, nil)
 }
 
 // RunUntilFinished runs tasks until the queue has none left to run: none
 // queued, scheduled (future ones included) or running on any worker. It
-// never returns for a queue fed by a self-rescheduling task.
+// never returns for a queue fed by a self-rescheduling task. If ctx ends
+// first it stops as Run does and returns an error wrapping ctx's
+// ([ErrUnfinished] and, say, [context.DeadlineExceeded]), so that a caller
+// can tell a queue that finished from a wait that gave up.
 func (w *Worker) RunUntilFinished(ctx context.Context) error {
-	return w.run(ctx, true)
+	return w.run(ctx, true, nil)
 }
 
 // RunAtMost runs like RunUntilFinished, but runs each key in limits at most
@@ -256,15 +259,21 @@ func (w *Worker) RunUntilFinished(ctx context.Context) error {
 // (completed), and any later delivery of the key ends cancelled without
 // running. It exists to test self-rescheduling tasks.
 func (w *Worker) RunAtMost(ctx context.Context, limits map[string]int) error {
-	w.atMost = make(map[string]int, len(limits))
+	atMost := make(map[string]int, len(limits))
 	for k, n := range limits {
-		w.atMost[k] = n
+		atMost[k] = n
 	}
-	w.runs = make(map[string]int)
-	return w.run(ctx, true)
+	return w.run(ctx, true, atMost)
 }
 
-var errAlreadyStarted = errors.New("worker: Run may be called once")
+// ErrAlreadyStarted is returned by a second call of Run, RunUntilFinished
+// or RunAtMost on one Worker: a worker runs once; make another to run again.
+var ErrAlreadyStarted = errors.New("worker: already started (a Worker runs once)")
+
+// ErrUnfinished is returned, wrapped with the context's error, by
+// RunUntilFinished and RunAtMost when their context ended before the queue
+// finished.
+var ErrUnfinished = errors.New("worker: stopped before the queue finished")
 
 // prepareRun makes the signals, the in-flight set and the finisher a run
 // uses.
@@ -278,9 +287,12 @@ func (w *Worker) prepareRun() {
 	w.done = newFinisher(w)
 }
 
-func (w *Worker) run(ctx context.Context, untilFinished bool) error {
+func (w *Worker) run(ctx context.Context, untilFinished bool, atMost map[string]int) error {
 	if !w.started.CompareAndSwap(false, true) {
-		return errAlreadyStarted
+		return ErrAlreadyStarted
+	}
+	if atMost != nil {
+		w.atMost, w.runs = atMost, make(map[string]int)
 	}
 	w.prepareRun()
 
@@ -311,7 +323,7 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 
 	// Tasks run under their own contexts, cancelled only by a cancel.
 	var tasks sync.WaitGroup
-	w.claimLoops(ctx, untilFinished, &tasks)
+	finished := w.claimLoops(ctx, untilFinished, &tasks)
 	tasks.Wait()
 	w.done.drain()
 	stopServices()
@@ -321,6 +333,9 @@ func (w *Worker) run(ctx context.Context, untilFinished bool) error {
 	defer cancel()
 	if err := w.queries.RemoveWorker(rctx, w.pool, db.RemoveWorkerParams{Queue: w.q.Name(), Name: w.cfg.Name}); err != nil {
 		w.logger.Warn("remove worker heartbeat", "error", err)
+	}
+	if untilFinished && !finished {
+		return fmt.Errorf("%w: %w", ErrUnfinished, context.Cause(ctx))
 	}
 	return nil
 }

@@ -1037,3 +1037,42 @@ func TestHandlersHoldingThePoolDoNotStopRenewals(t *testing.T) {
 	defer mu.Unlock()
 	require.Equal(t, map[string][]string{"0": {"A"}, "1": {"A"}}, runs, "each ran once, on A")
 }
+
+// RunUntilFinished tells a queue that finished from a context that ended
+// first: callers waiting for a queue to drain must not read a timeout as
+// done.
+func TestRunUntilFinishedReportsAContextThatEndedFirst(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	_, err := b.q.Add(t.Context(), Echo{Text: "later"}, &queue.AddOpts{Key: "later", When: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	err = b.worker(t).RunUntilFinished(ctx)
+	require.ErrorIs(t, err, worker.ErrUnfinished)
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	err = b.worker(t).RunAtMost(ctx, map[string]int{"later": 1})
+	require.ErrorIs(t, err, worker.ErrUnfinished)
+}
+
+// A worker runs once. A second call, of whichever Run method, fails at
+// once and leaves the running one alone (the race detector watches).
+func TestAWorkerRunsOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	w := b.start(t)
+	eventually(t, "the worker runs", w.Healthy)
+	require.ErrorIs(t, w.Run(t.Context()), worker.ErrAlreadyStarted)
+	require.ErrorIs(t, w.RunUntilFinished(t.Context()), worker.ErrAlreadyStarted)
+	require.ErrorIs(t, w.RunAtMost(t.Context(), map[string]int{"x": 1}), worker.ErrAlreadyStarted)
+	_, err := b.q.Add(t.Context(), Echo{Text: "hi"}, &queue.AddOpts{Key: "after"})
+	require.NoError(t, err)
+	ex, err := b.wait(t, "after")
+	require.NoError(t, err)
+	require.Equal(t, queue.StateCompleted, ex.State, "the first run goes on")
+}
