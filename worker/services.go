@@ -502,15 +502,11 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration, conn **pgx.
 	return nil
 }
 
-// heartbeat announces the worker and, less often, deletes expired records
-// and workers that stopped announcing themselves.
+// heartbeat announces the worker (the workers table, and Healthy).
 func (w *Worker) heartbeat(ctx context.Context) {
-	qc := w.q.Config()
-	t := time.NewTicker(qc.HeartbeatInterval)
+	t := time.NewTicker(w.q.Config().HeartbeatInterval)
 	defer t.Stop()
 	names := w.reg.Names()
-	gcEvery := min(max(qc.ExecutionTTL/4, time.Second), 30*time.Second)
-	var lastGC time.Time
 	for {
 		hctx, cancel := context.WithTimeout(ctx, w.opTimeout())
 		err := w.queries.Heartbeat(hctx, w.pool, db.HeartbeatParams{Queue: w.q.Name(), Name: w.cfg.Name, Tasks: names})
@@ -521,9 +517,24 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		if err == nil {
 			w.touched()
 		}
-		if err == nil && time.Since(lastGC) >= gcEvery {
-			lastGC = time.Now()
-			w.collectGarbage(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// collectGarbageEvery deletes expired execution and admission records and
+// workers that stopped announcing themselves, now and then. It has a
+// goroutine of its own: a large expired backlog takes many statements to
+// clear, and heartbeats (the worker's health) must not wait for them.
+func (w *Worker) collectGarbageEvery(ctx context.Context) {
+	t := time.NewTicker(min(max(w.q.Config().ExecutionTTL/4, time.Second), 30*time.Second))
+	defer t.Stop()
+	for {
+		if time.Since(time.Unix(0, w.contact.Load())) <= 2*w.q.Config().HeartbeatInterval {
+			w.collectGarbage(ctx) // skipped while the database is out of reach
 		}
 		select {
 		case <-ctx.Done():
@@ -550,11 +561,13 @@ func (w *Worker) collectGarbage(ctx context.Context) {
 			break
 		}
 	}
-	if err := w.queries.DeleteExpiredAdmissions(ctx, w.pool); err != nil && ctx.Err() == nil {
+	dctx, cancel := context.WithTimeout(ctx, w.opTimeout())
+	defer cancel()
+	if err := w.queries.DeleteExpiredAdmissions(dctx, w.pool); err != nil && ctx.Err() == nil {
 		w.logger.Warn("deleting expired admission records failed", "error", err)
 	}
 	stale := 10 * w.q.WorkerStaleAfter()
-	if _, err := w.queries.DeleteStaleWorkers(ctx, w.pool, db.DeleteStaleWorkersParams{Queue: w.q.Name(), StaleSeconds: stale.Seconds()}); err != nil && ctx.Err() == nil {
+	if _, err := w.queries.DeleteStaleWorkers(dctx, w.pool, db.DeleteStaleWorkersParams{Queue: w.q.Name(), StaleSeconds: stale.Seconds()}); err != nil && ctx.Err() == nil {
 		w.logger.Warn("deleting stale workers failed", "error", err)
 	}
 }

@@ -315,6 +315,7 @@ func (w *Worker) run(ctx context.Context, untilFinished bool, atMost map[string]
 	services.Go(func() { w.done.run(svcCtx) })
 	services.Go(func() { w.renewLeases(svcCtx) })
 	services.Go(func() { w.heartbeat(svcCtx) })
+	services.Go(func() { w.collectGarbageEvery(svcCtx) })
 	if !w.cfg.NoAutomaticTasks {
 		// Seed once before claiming, so RunUntilFinished sees the seeds.
 		w.seedOnce(ctx)

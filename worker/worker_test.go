@@ -1076,3 +1076,41 @@ func TestAWorkerRunsOnce(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, queue.StateCompleted, ex.State, "the first run goes on")
 }
+
+// Garbage collection does not hold up heartbeats: a collection stuck behind
+// a lock (or busy with a large expired backlog) stopped the worker's
+// heartbeats, so its peers saw it as gone. Not parallel: it locks a table
+// every queue's admission uses.
+func TestGarbageCollectionDoesNotDelayHeartbeats(t *testing.T) {
+	b := setup(t)
+	b.cfg.Queue.HeartbeatInterval = 100 * time.Millisecond
+	b.cfg.Queue.ExecutionTTL = 4 * time.Second // collections every second
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	tx, err := b.pool.Begin(t.Context())
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	_, err = tx.Exec(t.Context(), `LOCK TABLE shadows.cooldowns IN ACCESS EXCLUSIVE MODE`)
+	require.NoError(t, err)
+
+	b.start(t)
+	lastSeen := func() time.Time {
+		ws, err := b.q.Workers(t.Context())
+		require.NoError(t, err)
+		if len(ws) == 0 {
+			return time.Time{}
+		}
+		return ws[0].LastSeen
+	}
+	eventually(t, "the worker announced itself", func() bool { return !lastSeen().IsZero() })
+	eventually(t, "a collection waits for the lock", func() bool {
+		var waiting int
+		require.NoError(t, b.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%DeleteExpiredAdmissions%'`).Scan(&waiting))
+		return waiting > 0
+	})
+	before := lastSeen()
+	eventually(t, "heartbeats go on while it waits", func() bool {
+		return lastSeen().Sub(before) >= 300*time.Millisecond
+	})
+	require.NoError(t, tx.Rollback(t.Context()))
+}
