@@ -300,8 +300,7 @@ func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []
 		telemetry.EndSpan(span, err)
 	}()
 	out = make([]*Execution, len(entries))
-	entriesOf := make(map[string][]int, len(entries)) // key → its entries, in order
-	generated := true                                 // no entry brought its own key
+	generated := true // no entry brought its own key
 	for i, en := range entries {
 		name, raw, err := encodeArgs(en.Args)
 		if err != nil {
@@ -316,7 +315,33 @@ func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []
 			generated = false
 		}
 		out[i] = &Execution{Queue: q.cfg.Name, Key: key, Task: name, Args: raw, Attempt: 1, When: en.When}
-		entriesOf[key] = append(entriesOf[key], i)
+	}
+	due, copied := false, false
+	if generated { // every key is new and has one entry: every entry is stored
+		if copied, due, err = q.copyMany(ctx, tx, out); err != nil {
+			return nil, err
+		}
+	}
+	if !copied {
+		if due, err = q.insertMany(ctx, tx, out); err != nil {
+			return nil, err
+		}
+	}
+	if due {
+		if err := q.queries.NotifyReady(ctx, tx, q.cfg.Name); err != nil {
+			return nil, fmt.Errorf("add many: notify: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// insertMany is AddMany's general path: it stores the entries chunk by
+// chunk with INSERT … ON CONFLICT, judging strikes, and gives each entry
+// its disposition. It reports whether any stored task is already due.
+func (q *Queue) insertMany(ctx context.Context, tx pgx.Tx, out []*Execution) (due bool, err error) {
+	entriesOf := make(map[string][]int, len(out)) // key → its entries, in order
+	for i, e := range out {
+		entriesOf[e.Key] = append(entriesOf[e.Key], i)
 	}
 	// As with one Add after another, a key's first entry is added; a later
 	// one only when a strike kept out every entry before it. So each round
@@ -327,20 +352,14 @@ func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []
 			round = append(round, e)
 		}
 	}
-	due, copied := false, false
-	if generated { // every key is new and has one entry: one round
-		if copied, due, err = q.copyMany(ctx, tx, round); err != nil {
-			return nil, err
-		}
-	}
 	var live []string // keys whose task was live before the batch
-	for tried := 1; !copied && len(round) > 0; tried++ {
+	for tried := 1; len(round) > 0; tried++ {
 		var struck []*Execution
 		for start := 0; start < len(round); start += addManyChunk {
 			chunk := round[start:min(start+addManyChunk, len(round))]
 			rows, err := q.addChunk(ctx, tx, chunk)
 			if err != nil {
-				return nil, fmt.Errorf("add many: %w", err)
+				return false, fmt.Errorf("add many: %w", err)
 			}
 			byKey := make(map[string]*Execution, len(chunk))
 			for _, e := range chunk {
@@ -370,14 +389,9 @@ func (q *Queue) addMany(ctx context.Context, tx pgx.Tx, entries []Entry) (out []
 		}
 	}
 	if err := q.describeAlreadyScheduled(ctx, tx, out, entriesOf, live); err != nil {
-		return nil, err
+		return false, err
 	}
-	if due {
-		if err := q.queries.NotifyReady(ctx, tx, q.cfg.Name); err != nil {
-			return nil, fmt.Errorf("add many: notify: %w", err)
-		}
-	}
-	return out, nil
+	return due, nil
 }
 
 // addChunk stores one statement's worth of AddMany's entries, each under
