@@ -86,7 +86,12 @@ type RateLimit struct {
 //
 // Limits are shared by key: two tasks limited on the same argument name
 // and value share slots, as in docket; Scope separates otherwise equal keys.
-// Slots are visible in the view shadows.concurrency.
+// Slots are visible in the view shadows.concurrency, under keys written
+// "[scope/]arg:value", or "[scope/]task:name" for a whole task. The form is
+// plain text, not an escaping: an argument named task shares the keys of
+// whole-task limits (its value "send" and the task named "send" both give
+// "task:send"), and so can names holding ':' or '/'. Give such limits a
+// Scope of their own when they must not share slots.
 type ConcurrencyLimit struct {
 	Arg   string
 	Max   int
