@@ -24,6 +24,9 @@
 //	rss         peak RSS (VmHWM) of the worker process of the burn
 //	keys        the burn with random (UUID v4) keys chosen by the caller,
 //	            vs the clean burn (whose keys are shadows' time-ordered ones)
+//	limits      the burn over 1,000 customers, at most 5 running per
+//	            customer (a ConcurrencyLimit), at each -concurrency
+//	            candidate, the fastest kept as for the burn; vs pgfloor
 //	sql         the worker's claim and completion statements alone, driven
 //	            as pgfloor drives its own (4 connections, 1,000 per claim,
 //	            no worker): how much of the gap to pgfloor is the database's

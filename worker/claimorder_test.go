@@ -84,7 +84,7 @@ func TestTaskDueBehindABacklogRunsWhenNotified(t *testing.T) {
 	eventually(t, "the late task ran", func() bool { _, _, ok := l.ran(-1); return ok })
 	before, at, _ := l.ran(-1)
 	require.Less(t, before, backlog/2, "the late task waited for most of the backlog")
-	require.Less(t, at.Sub(added), 2*time.Second)
+	require.Less(t, at.Sub(added), 5*time.Second, "not woken by the notification (the next poll is 10s away)")
 }
 
 // A task that becomes due behind the position without any notification
