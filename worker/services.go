@@ -502,8 +502,9 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration, conn **pgx.
 	return nil
 }
 
-// heartbeat announces the worker (the workers table, and Healthy).
-func (w *Worker) heartbeat(ctx context.Context) {
+// heartbeat announces the worker (the workers table, and Healthy), and
+// signals answered after every heartbeat the database took.
+func (w *Worker) heartbeat(ctx context.Context, answered chan struct{}) {
 	t := time.NewTicker(w.q.Config().HeartbeatInterval)
 	defer t.Stop()
 	names := w.reg.Names()
@@ -516,6 +517,7 @@ func (w *Worker) heartbeat(ctx context.Context) {
 		}
 		if err == nil {
 			w.touched()
+			signal(answered)
 		}
 		select {
 		case <-ctx.Done():
@@ -526,20 +528,25 @@ func (w *Worker) heartbeat(ctx context.Context) {
 }
 
 // collectGarbageEvery deletes expired execution and admission records and
-// workers that stopped announcing themselves, now and then. It has a
-// goroutine of its own: a large expired backlog takes many statements to
-// clear, and heartbeats (the worker's health) must not wait for them.
-func (w *Worker) collectGarbageEvery(ctx context.Context) {
+// workers that stopped announcing themselves: once as soon as the first
+// heartbeat went through (a worker that runs for less than a collection
+// interval, such as a short `shadows worker --until-finished`, must still
+// collect), then now and then. It has a goroutine of its own: a large
+// expired backlog takes many statements to clear, and heartbeats (the
+// worker's health) must not wait for them.
+func (w *Worker) collectGarbageEvery(ctx context.Context, answered <-chan struct{}) {
 	t := time.NewTicker(min(max(w.q.Config().ExecutionTTL/4, time.Second), 30*time.Second))
 	defer t.Stop()
 	for {
-		if time.Since(time.Unix(0, w.contact.Load())) <= 2*w.q.Config().HeartbeatInterval {
-			w.collectGarbage(ctx) // skipped while the database is out of reach
-		}
 		select {
 		case <-ctx.Done():
 			return
+		case <-answered:
+			answered = nil // only the first one: then the ticker decides
 		case <-t.C:
+		}
+		if time.Since(time.Unix(0, w.contact.Load())) <= 2*w.q.Config().HeartbeatInterval {
+			w.collectGarbage(ctx) // skipped while the database is out of reach
 		}
 	}
 }

@@ -314,8 +314,9 @@ func (w *Worker) run(ctx context.Context, untilFinished bool, atMost map[string]
 	services.Go(func() { w.listen(svcCtx) })
 	services.Go(func() { w.done.run(svcCtx) })
 	services.Go(func() { w.renewLeases(svcCtx) })
-	services.Go(func() { w.heartbeat(svcCtx) })
-	services.Go(func() { w.collectGarbageEvery(svcCtx) })
+	answered := make(chan struct{}, 1)
+	services.Go(func() { w.heartbeat(svcCtx, answered) })
+	services.Go(func() { w.collectGarbageEvery(svcCtx, answered) })
 	if !w.cfg.NoAutomaticTasks {
 		// Seed once before claiming, so RunUntilFinished sees the seeds.
 		w.seedOnce(ctx)

@@ -1114,3 +1114,24 @@ func TestGarbageCollectionDoesNotDelayHeartbeats(t *testing.T) {
 	})
 	require.NoError(t, tx.Rollback(t.Context()))
 }
+
+// A worker that runs for less than a collection interval (30s under the
+// default ExecutionTTL of 15 minutes) still deletes expired records: it
+// collects as soon as its first heartbeat goes through.
+func TestAShortRunCollectsExpiredRecords(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	_, err := b.q.Add(t.Context(), Echo{}, &queue.AddOpts{Key: "old"})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	_, err = b.pool.Exec(t.Context(), `UPDATE shadows.tasks SET expires_at = now() - interval '1 second'
+		WHERE queue = $1 AND key = 'old'`, b.q.Name())
+	require.NoError(t, err)
+
+	b.start(t)
+	eventually(t, "the expired record is deleted", func() bool {
+		_, err := b.q.Execution(t.Context(), "old")
+		return errors.Is(err, queue.ErrNotFound)
+	})
+}
