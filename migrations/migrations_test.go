@@ -150,3 +150,29 @@ func TestGooseCommandGivesTheSameSchema(t *testing.T) {
 	require.NoError(t, migrations.Check(t.Context(), viaCommand), "the library sees the command's migrations as applied")
 	require.NoError(t, migrations.Up(t.Context(), viaCommand), "and has nothing left to do")
 }
+
+// Migration 00016 drops and creates the views again (they pin the types
+// of the columns it changes); privileges granted on them must survive it,
+// both ways.
+func TestGrantsOnTheViewsSurviveMigrations(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool := connect(t, pgtest.EmptyDatabase(t))
+	require.NoError(t, migrations.Up(ctx, pool))
+	_, err := pool.Exec(ctx, `GRANT SELECT ON shadows.executions, shadows.concurrency TO PUBLIC`)
+	require.NoError(t, err)
+	grants := func() string {
+		var acl string
+		require.NoError(t, pool.QueryRow(ctx, `SELECT string_agg(c.relname || ' ' || a.privilege_type, ', ' ORDER BY c.relname)
+			FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+			WHERE n.nspname = 'shadows' AND c.relname IN ('executions', 'concurrency') AND a.grantee = 0`).Scan(&acl))
+		return acl
+	}
+	const want = "concurrency SELECT, executions SELECT"
+	require.Equal(t, want, grants())
+	require.NoError(t, migrations.DownTo(ctx, pool, 15))
+	require.Equal(t, want, grants(), "after migration 00016's down")
+	require.NoError(t, migrations.Up(ctx, pool))
+	require.Equal(t, want, grants(), "after migration 00016's up")
+}

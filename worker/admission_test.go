@@ -70,7 +70,6 @@ func TestDebounceRunsOnceAfterSubmissionsSettle(t *testing.T) {
 	}, worker.Policy{Debounce: &worker.Debounce{Arg: "host", Settle: settle}})
 	b.start(t)
 	ctx := t.Context()
-	first := time.Now()
 	var last time.Time
 	for i := range 4 {
 		last = time.Now()
@@ -97,7 +96,6 @@ func TestDebounceRunsOnceAfterSubmissionsSettle(t *testing.T) {
 	runs, notes := l.snapshot()
 	require.Equal(t, []string{"submit-0"}, notes)
 	require.GreaterOrEqual(t, runs[0].Sub(last), settle, "it ran once the submissions had settled")
-	require.Greater(t, runs[0].Sub(first), settle+300*time.Millisecond)
 }
 
 func TestRateLimitDelaysOrDropsTheExcess(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -529,12 +530,11 @@ func (w *Worker) heartbeat(ctx context.Context, answered chan struct{}) {
 
 // collectGarbageEvery deletes expired execution and admission records and
 // workers that stopped announcing themselves: once as soon as the first
-// heartbeat went through (a worker that runs for less than a collection
-// interval, such as a short `shadows worker --until-finished`, must still
-// collect), then now and then. It has a goroutine of its own: a large
-// expired backlog takes many statements to clear, and heartbeats (the
-// worker's health) must not wait for them.
-func (w *Worker) collectGarbageEvery(ctx context.Context, answered <-chan struct{}) {
+// heartbeat went through, then now and then. It has a goroutine of its own:
+// a large expired backlog takes many statements to clear, and heartbeats
+// (the worker's health) must not wait for them. It sets collected once a
+// collection has run to its end (see finalCollection).
+func (w *Worker) collectGarbageEvery(ctx context.Context, answered <-chan struct{}, collected *atomic.Bool) {
 	t := time.NewTicker(min(max(w.q.Config().ExecutionTTL/4, time.Second), 30*time.Second))
 	defer t.Stop()
 	for {
@@ -545,36 +545,57 @@ func (w *Worker) collectGarbageEvery(ctx context.Context, answered <-chan struct
 			answered = nil // only the first one: then the ticker decides
 		case <-t.C:
 		}
-		if time.Since(time.Unix(0, w.contact.Load())) <= 2*w.q.Config().HeartbeatInterval {
-			w.collectGarbage(ctx) // skipped while the database is out of reach
+		// Skipped while the database is out of reach.
+		if time.Since(time.Unix(0, w.contact.Load())) <= 2*w.q.Config().HeartbeatInterval && w.collectGarbage(ctx) {
+			collected.Store(true)
 		}
 	}
 }
 
+// finalCollection bounds the collection a run that finished its queue
+// makes on its way out when none ran to its end while it lasted: a
+// short `shadows worker --until-finished` run, repeated, must not leave
+// expired records behind for good.
+const finalCollection = 5 * time.Second
+
 const gcBatch = 1000
 
-func (w *Worker) collectGarbage(ctx context.Context) {
-	for ctx.Err() == nil {
+// collectGarbage deletes expired records, expired admission marks and
+// long-stale workers, and reports whether it got through all of them.
+// Each statement has a time limit of its own.
+func (w *Worker) collectGarbage(ctx context.Context) (done bool) {
+	warn := func(what string, err error) {
+		if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+			w.logger.Warn(what, "error", err)
+		}
+	}
+	for {
 		dctx, cancel := context.WithTimeout(ctx, w.opTimeout())
 		n, err := w.queries.DeleteExpired(dctx, w.pool, gcBatch)
 		cancel()
 		if err != nil {
-			if !errors.Is(err, context.Canceled) {
-				w.logger.Warn("deleting expired records failed", "error", err)
-			}
-			return
+			warn("deleting expired records failed", err)
+			return false
 		}
 		if n < gcBatch {
 			break
 		}
 	}
+	done = true
 	dctx, cancel := context.WithTimeout(ctx, w.opTimeout())
-	defer cancel()
-	if err := w.queries.DeleteExpiredAdmissions(dctx, w.pool); err != nil && ctx.Err() == nil {
-		w.logger.Warn("deleting expired admission records failed", "error", err)
+	err := w.queries.DeleteExpiredAdmissions(dctx, w.pool)
+	cancel()
+	if err != nil {
+		warn("deleting expired admission records failed", err)
+		done = false
 	}
 	stale := 10 * w.q.WorkerStaleAfter()
-	if _, err := w.queries.DeleteStaleWorkers(dctx, w.pool, db.DeleteStaleWorkersParams{Queue: w.q.Name(), StaleSeconds: stale.Seconds()}); err != nil && ctx.Err() == nil {
-		w.logger.Warn("deleting stale workers failed", "error", err)
+	dctx, cancel = context.WithTimeout(ctx, w.opTimeout())
+	_, err = w.queries.DeleteStaleWorkers(dctx, w.pool, db.DeleteStaleWorkersParams{Queue: w.q.Name(), StaleSeconds: stale.Seconds()})
+	cancel()
+	if err != nil {
+		warn("deleting stale workers failed", err)
+		done = false
 	}
+	return done
 }

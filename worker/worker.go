@@ -315,8 +315,9 @@ func (w *Worker) run(ctx context.Context, untilFinished bool, atMost map[string]
 	services.Go(func() { w.done.run(svcCtx) })
 	services.Go(func() { w.renewLeases(svcCtx) })
 	answered := make(chan struct{}, 1)
+	var collected atomic.Bool
 	services.Go(func() { w.heartbeat(svcCtx, answered) })
-	services.Go(func() { w.collectGarbageEvery(svcCtx, answered) })
+	services.Go(func() { w.collectGarbageEvery(svcCtx, answered, &collected) })
 	if !w.cfg.NoAutomaticTasks {
 		// Seed once before claiming, so RunUntilFinished sees the seeds.
 		w.seedOnce(ctx)
@@ -330,6 +331,11 @@ func (w *Worker) run(ctx context.Context, untilFinished bool, atMost map[string]
 	w.done.drain()
 	stopServices()
 	services.Wait()
+	if untilFinished && finished && !collected.Load() {
+		gctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finalCollection)
+		w.collectGarbage(gctx)
+		cancel()
+	}
 
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()

@@ -1135,3 +1135,46 @@ func TestAShortRunCollectsExpiredRecords(t *testing.T) {
 		return errors.Is(err, queue.ErrNotFound)
 	})
 }
+
+// A RunUntilFinished that finds nothing to do returns at once, possibly
+// before any collection ran while it lasted (here its heartbeat is held
+// up, so none does): it collects on its way out, so short job-style runs
+// leave no expired records behind.
+func TestRunUntilFinishedCollectsExpiredRecords(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Echo{}, &queue.AddOpts{Key: "old"})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	_, err = b.pool.Exec(ctx, `UPDATE shadows.tasks SET expires_at = now() - interval '1 second'
+		WHERE queue = $1 AND key = 'old'`, b.q.Name())
+	require.NoError(t, err)
+
+	// The worker's own row, locked: its heartbeats wait, and so no
+	// collection starts after one.
+	_, err = b.pool.Exec(ctx, `INSERT INTO shadows.workers (queue, name, tasks, started_at, last_seen)
+		VALUES ($1, $2, '{}', now(), now())`, b.q.Name(), b.cfg.Name)
+	require.NoError(t, err)
+	tx, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	_, err = tx.Exec(ctx, `SELECT 1 FROM shadows.workers WHERE queue = $1 AND name = $2 FOR UPDATE`, b.q.Name(), b.cfg.Name)
+	require.NoError(t, err)
+
+	done := make(chan error, 1)
+	go func() { done <- b.worker(t).RunUntilFinished(ctx) }()
+	// On its way out the run removes its row, and waits for the lock there:
+	// its last collection is behind it.
+	eventually(t, "the run is removing its row", func() bool {
+		var waiting int
+		require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%RemoveWorker%'`).Scan(&waiting))
+		return waiting > 0
+	})
+	_, err = b.q.Execution(ctx, "old")
+	require.ErrorIs(t, err, queue.ErrNotFound, "the expired record outlived the run")
+	require.NoError(t, tx.Rollback(ctx))
+	require.NoError(t, <-done)
+}
