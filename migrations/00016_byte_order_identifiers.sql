@@ -12,13 +12,19 @@
 -- again around the change; the privileges granted on them are kept aside
 -- and granted again. (A view of your own built on one of them stops the
 -- migration: drop it first, and create it again after.)
-CREATE TEMP TABLE shadows_view_grants ON COMMIT DROP AS
-SELECT c.relname::text AS view, a.grantee, a.privilege_type, a.is_grantable
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN LATERAL aclexplode(c.relacl) AS a
-WHERE n.nspname = 'shadows' AND c.relname IN ('executions', 'concurrency')
-  AND a.grantee <> c.relowner;
+-- +goose StatementBegin
+DO $$
+BEGIN
+    CREATE TEMP TABLE shadows_view_grants ON COMMIT DROP AS
+    SELECT c.relname::text AS view, a.grantee, a.privilege_type, a.is_grantable
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+    WHERE n.nspname = 'shadows' AND c.relname IN ('executions', 'concurrency')
+      AND a.grantee <> c.relowner;
+END
+$$;
+-- +goose StatementEnd
 DROP VIEW shadows.executions;
 DROP VIEW shadows.concurrency;
 ALTER TABLE shadows.tasks
@@ -77,10 +83,10 @@ BEGIN
                        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
                        CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
+    DROP TABLE shadows_view_grants;
 END
 $$;
 -- +goose StatementEnd
-DROP TABLE shadows_view_grants;
 
 -- Changing a column's type drops its statistics.
 ANALYZE shadows.tasks, shadows.slots, shadows.cooldowns, shadows.debounces, shadows.rate_events,
@@ -91,13 +97,19 @@ ANALYZE shadows.tasks, shadows.slots, shadows.cooldowns, shadows.debounces, shad
 -- again around the change; the privileges granted on them are kept aside
 -- and granted again. (A view of your own built on one of them stops the
 -- migration: drop it first, and create it again after.)
-CREATE TEMP TABLE shadows_view_grants ON COMMIT DROP AS
-SELECT c.relname::text AS view, a.grantee, a.privilege_type, a.is_grantable
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-CROSS JOIN LATERAL aclexplode(c.relacl) AS a
-WHERE n.nspname = 'shadows' AND c.relname IN ('executions', 'concurrency')
-  AND a.grantee <> c.relowner;
+-- +goose StatementBegin
+DO $$
+BEGIN
+    CREATE TEMP TABLE shadows_view_grants ON COMMIT DROP AS
+    SELECT c.relname::text AS view, a.grantee, a.privilege_type, a.is_grantable
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL aclexplode(c.relacl) AS a
+    WHERE n.nspname = 'shadows' AND c.relname IN ('executions', 'concurrency')
+      AND a.grantee <> c.relowner;
+END
+$$;
+-- +goose StatementEnd
 DROP VIEW shadows.executions;
 DROP VIEW shadows.concurrency;
 ALTER TABLE shadows.tasks
@@ -156,10 +168,10 @@ BEGIN
                        CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(g.grantee)) END,
                        CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
+    DROP TABLE shadows_view_grants;
 END
 $$;
 -- +goose StatementEnd
-DROP TABLE shadows_view_grants;
 
 -- Changing a column's type drops its statistics.
 ANALYZE shadows.tasks, shadows.slots, shadows.cooldowns, shadows.debounces, shadows.rate_events,
