@@ -957,17 +957,37 @@ func TestCancelStopsTheReplacedCopyStillRunning(t *testing.T) {
 	b := setup(t)
 	started := make(chan struct{}, 1)
 	stopped := make(chan error, 1)
+	pinged := make(chan struct{}, 1)
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
-		if task.Args.Text == "old" {
+		switch task.Args.Text {
+		case "old":
 			started <- struct{}{}
 			<-ctx.Done()
 			stopped <- ctx.Err()
 			return ctx.Err()
+		case "ping":
+			signalTest(pinged)
 		}
 		return nil
 	}, worker.Policy{})
+	// Only the notification stops the replaced copy (lease renewals stop
+	// runs of the current generation only): the worker must be listening
+	// before the cancel is sent. After its first claim only a NOTIFY wakes
+	// it, so a ping that runs says it listens.
+	b.cfg.CheckInterval = time.Minute
 	b.start(t)
 	ctx := t.Context()
+	for i := 0; ; i++ {
+		_, err := b.q.Add(ctx, Echo{Text: "ping"}, nil)
+		require.NoError(t, err)
+		select {
+		case <-pinged:
+		case <-time.After(time.Second):
+			require.Less(t, i, 20, "the worker never woke on a notification")
+			continue
+		}
+		break
+	}
 	_, err := b.q.Add(ctx, Echo{Text: "old"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
 	<-started
@@ -1177,4 +1197,12 @@ func TestRunUntilFinishedCollectsExpiredRecords(t *testing.T) {
 	require.ErrorIs(t, err, queue.ErrNotFound, "the expired record outlived the run")
 	require.NoError(t, tx.Rollback(ctx))
 	require.NoError(t, <-done)
+}
+
+// signalTest sends on ch without blocking.
+func signalTest(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
