@@ -630,26 +630,34 @@ func (q *Queries) ReleaseStaleHolds(ctx context.Context, db DBTX, queue string) 
 }
 
 const renewLeases = `-- name: RenewLeases :many
-WITH mine AS (
-    SELECT t.ctid AS tid, t.key, t.generation, t.started_at, t.cancel_requested
+WITH found AS (
+    SELECT u.key AS run_key, u.generation AS run_generation, u.deliveries AS run_deliveries,
+           u.started_at AS run_started_at, t.tid, t.generation, t.deliveries, t.started_at, t.state, t.worker, t.cancel_requested
     FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
                  unnest($3::int[]) AS deliveries, unnest($4::timestamptz[]) AS started_at) AS u
     JOIN LATERAL (
-        SELECT r.ctid::tid AS ctid, r.key, r.generation, r.deliveries, r.started_at, r.state, r.worker,
+        SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.worker,
             r.cancel_requested
         FROM shadows.tasks r
         WHERE r.queue = $5::text AND r.key = u.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
-    WHERE t.generation = u.generation AND t.deliveries = u.deliveries AND t.started_at = u.started_at
-      AND t.state = 'running' AND t.worker = $6::text
+), mine AS (
+    SELECT f.tid, f.run_key, f.run_generation, f.run_started_at, f.cancel_requested
+    FROM found f
+    WHERE f.generation = f.run_generation AND f.deliveries = f.run_deliveries
+      AND f.started_at = f.run_started_at AND f.state = 'running' AND f.worker = $6::text
 ), renewed AS (
     UPDATE shadows.tasks t
     SET lease_expires_at = now() + make_interval(secs => $7::float8)
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM mine))
 )
-SELECT key, generation, started_at FROM mine WHERE cancel_requested
+SELECT run_key::text AS key, run_generation::bigint AS generation, run_started_at::timestamptz AS started_at
+FROM mine WHERE cancel_requested
+UNION ALL
+SELECT run_key::text, run_generation::bigint, run_started_at::timestamptz
+FROM found WHERE generation > run_generation AND cancel_requested
 `
 
 type RenewLeasesParams struct {
@@ -665,13 +673,17 @@ type RenewLeasesParams struct {
 type RenewLeasesRow struct {
 	Key        string
 	Generation int64
-	StartedAt  *time.Time
+	StartedAt  time.Time
 }
 
 // Extends the leases of this worker's running tasks and returns the runs
-// (key and generation) among them that a cancel asked to stop. Each row is found by its primary
-// key and locked, in the order given (the caller sorts by key, as
-// FinishTasks' caller does, so the two never deadlock).
+// (key, generation and start) among them that a cancel asked to stop: runs
+// of the row's own generation with a cancel requested, and runs that a
+// replace superseded whose key was cancelled since (a cancel stops every
+// run of its key; the notification that says so may have been missed).
+// Each row is found by its primary key and locked, in the order given (the
+// caller sorts by key, as FinishTasks' caller does, so the two never
+// deadlock).
 func (q *Queries) RenewLeases(ctx context.Context, db DBTX, arg RenewLeasesParams) ([]RenewLeasesRow, error) {
 	rows, err := db.Query(ctx, renewLeases,
 		arg.Keys,

@@ -225,7 +225,11 @@ WITH old AS (
 ), upd AS (
     UPDATE shadows.tasks t
     SET state = CASE WHEN old.state = 'running' THEN t.state ELSE 'cancelled' END,
-        cancel_requested = (old.state = 'running'),
+        -- Set on every cancelled row, running or not: it tells a Cancel
+        -- (which stops every run of the key) from a Clear (which stops
+        -- none), for lease renewals that stop runs a replace left running
+        -- when their worker missed the notification.
+        cancel_requested = true,
         -- An ended record is neither held nor waiting (a running row is
         -- neither anyway).
         held = false, waiting_on = NULL, waiting_max = NULL,

@@ -481,9 +481,7 @@ func (w *Worker) renewOnce(ctx context.Context, limit time.Duration, conn **pgx.
 		return err
 	}
 	for _, r := range cancelled {
-		if r.StartedAt != nil {
-			w.inflight.cancelExact(inflightKey{r.Key, r.Generation, r.StartedAt.UnixMicro()})
-		}
+		w.inflight.cancelExact(inflightKey{r.Key, r.Generation, r.StartedAt.UnixMicro()})
 	}
 	if held := w.inflight.heldSlots(); len(held.LimitKeys) > 0 {
 		// Every holder, replaced or not: its slots count while it runs.

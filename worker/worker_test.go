@@ -1206,3 +1206,79 @@ func signalTest(ch chan struct{}) {
 	default:
 	}
 }
+
+// A cancel stops every run of its key, including one a replace left
+// running. When the worker missed the notification that says so (its
+// listener was down), lease renewal stops that run too.
+func TestRenewalStopsAReplacedCopyWhoseCancelWasMissed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.RedeliveryTimeout = 2 * time.Second // renewals every half second
+	started := make(chan struct{}, 1)
+	stopped := make(chan error, 1)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		if task.Args.Text == "old" {
+			started <- struct{}{}
+			<-ctx.Done()
+			stopped <- ctx.Err()
+			return ctx.Err()
+		}
+		return nil
+	}, worker.Policy{})
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Echo{Text: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	<-started
+	_, err = b.q.Replace(ctx, Echo{Text: "new"}, queue.AddOpts{Key: "k", When: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	// What Cancel writes, without its notification.
+	_, err = b.pool.Exec(ctx, `UPDATE shadows.tasks SET state = 'cancelled', cancel_requested = true,
+		finished_at = now(), expires_at = now() + interval '15 minutes'
+		WHERE queue = $1 AND key = 'k'`, b.q.Name())
+	require.NoError(t, err)
+	select {
+	case err := <-stopped:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(15 * time.Second):
+		t.Fatal("the replaced copy still runs after the cancel")
+	}
+}
+
+// Clear removes tasks that have not started and stops no run: a run that a
+// replace left running goes on after its key's replacement is cleared.
+func TestClearLeavesAReplacedCopyRunning(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.cfg.RedeliveryTimeout = 2 * time.Second // renewals every half second
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	ended := make(chan error, 1)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error {
+		if task.Args.Text == "old" {
+			started <- struct{}{}
+			select {
+			case <-ctx.Done():
+				ended <- ctx.Err()
+				return ctx.Err()
+			case <-release:
+				ended <- nil
+				return nil
+			}
+		}
+		return nil
+	}, worker.Policy{})
+	b.start(t)
+	ctx := t.Context()
+	_, err := b.q.Add(ctx, Echo{Text: "old"}, &queue.AddOpts{Key: "k"})
+	require.NoError(t, err)
+	<-started
+	_, err = b.q.Replace(ctx, Echo{Text: "new"}, queue.AddOpts{Key: "k", When: time.Now().Add(time.Hour)})
+	require.NoError(t, err)
+	n, err := b.q.Clear(ctx)
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+	time.Sleep(2 * time.Second) // several renewals
+	close(release)
+	require.NoError(t, <-ended, "the run went on")
+}
