@@ -50,19 +50,8 @@ func TestCancelBetweenClaimAndStartIsNotMissed(t *testing.T) {
 	require.NoError(t, err)
 
 	b.start(t)
-	// The worker is listening once a task it could only learn of by a
-	// notification runs: the cancel below must not be sent before.
-	for i := 0; ; i++ {
-		_, err := b.q.Add(ctx, Echo{Text: "ping"}, nil)
-		require.NoError(t, err)
-		select {
-		case <-pinged:
-		case <-time.After(time.Second):
-			require.Less(t, i, 20, "the worker never woke on a notification")
-			continue
-		}
-		break
-	}
+	// The cancel below must not be sent before the worker listens.
+	waitUntilListening(t, b, pinged)
 
 	// Both tasks become due at once, so one claim takes both.
 	tx, err := b.pool.Begin(ctx)

@@ -562,38 +562,30 @@ const gcBatch = 1000
 // long-stale workers, and reports whether it got through all of them.
 // Each statement has a time limit of its own.
 func (w *Worker) collectGarbage(ctx context.Context) (done bool) {
-	warn := func(what string, err error) {
-		if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+	step := func(what string, do func(context.Context) error) bool {
+		dctx, cancel := context.WithTimeout(ctx, w.opTimeout())
+		defer cancel()
+		err := do(dctx)
+		if err != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 			w.logger.Warn(what, "error", err)
 		}
+		return err == nil
 	}
-	for {
-		dctx, cancel := context.WithTimeout(ctx, w.opTimeout())
-		n, err := w.queries.DeleteExpired(dctx, w.pool, gcBatch)
-		cancel()
-		if err != nil {
-			warn("deleting expired records failed", err)
+	for n := int64(gcBatch); n == gcBatch; {
+		if !step("deleting expired records failed", func(ctx context.Context) (err error) {
+			n, err = w.queries.DeleteExpired(ctx, w.pool, gcBatch)
+			return err
+		}) {
 			return false
 		}
-		if n < gcBatch {
-			break
-		}
 	}
-	done = true
-	dctx, cancel := context.WithTimeout(ctx, w.opTimeout())
-	err := w.queries.DeleteExpiredAdmissions(dctx, w.pool)
-	cancel()
-	if err != nil {
-		warn("deleting expired admission records failed", err)
-		done = false
-	}
+	admissions := step("deleting expired admission records failed", func(ctx context.Context) error {
+		return w.queries.DeleteExpiredAdmissions(ctx, w.pool)
+	})
 	stale := 10 * w.q.WorkerStaleAfter()
-	dctx, cancel = context.WithTimeout(ctx, w.opTimeout())
-	_, err = w.queries.DeleteStaleWorkers(dctx, w.pool, db.DeleteStaleWorkersParams{Queue: w.q.Name(), StaleSeconds: stale.Seconds()})
-	cancel()
-	if err != nil {
-		warn("deleting stale workers failed", err)
-		done = false
-	}
-	return done
+	workers := step("deleting stale workers failed", func(ctx context.Context) error {
+		_, err := w.queries.DeleteStaleWorkers(ctx, w.pool, db.DeleteStaleWorkersParams{Queue: w.q.Name(), StaleSeconds: stale.Seconds()})
+		return err
+	})
+	return admissions && workers
 }

@@ -977,17 +977,7 @@ func TestCancelStopsTheReplacedCopyStillRunning(t *testing.T) {
 	b.cfg.CheckInterval = time.Minute
 	b.start(t)
 	ctx := t.Context()
-	for i := 0; ; i++ {
-		_, err := b.q.Add(ctx, Echo{Text: "ping"}, nil)
-		require.NoError(t, err)
-		select {
-		case <-pinged:
-		case <-time.After(time.Second):
-			require.Less(t, i, 20, "the worker never woke on a notification")
-			continue
-		}
-		break
-	}
+	waitUntilListening(t, b, pinged)
 	_, err := b.q.Add(ctx, Echo{Text: "old"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
 	<-started
@@ -1122,12 +1112,7 @@ func TestGarbageCollectionDoesNotDelayHeartbeats(t *testing.T) {
 		return ws[0].LastSeen
 	}
 	eventually(t, "the worker announced itself", func() bool { return !lastSeen().IsZero() })
-	eventually(t, "a collection waits for the lock", func() bool {
-		var waiting int
-		require.NoError(t, b.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND query LIKE '%DeleteExpiredAdmissions%'`).Scan(&waiting))
-		return waiting > 0
-	})
+	waitForLockWait(t, b, "DeleteExpiredAdmissions")
 	before := lastSeen()
 	eventually(t, "heartbeats go on while it waits", func() bool {
 		return lastSeen().Sub(before) >= 300*time.Millisecond
@@ -1142,12 +1127,7 @@ func TestAShortRunCollectsExpiredRecords(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
-	_, err := b.q.Add(t.Context(), Echo{}, &queue.AddOpts{Key: "old"})
-	require.NoError(t, err)
-	b.runUntilFinished(t)
-	_, err = b.pool.Exec(t.Context(), `UPDATE shadows.tasks SET expires_at = now() - interval '1 second'
-		WHERE queue = $1 AND key = 'old'`, b.q.Name())
-	require.NoError(t, err)
+	expiredRecord(t, b, "old")
 
 	b.start(t)
 	eventually(t, "the expired record is deleted", func() bool {
@@ -1165,16 +1145,11 @@ func TestRunUntilFinishedCollectsExpiredRecords(t *testing.T) {
 	b := setup(t)
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
 	ctx := t.Context()
-	_, err := b.q.Add(ctx, Echo{}, &queue.AddOpts{Key: "old"})
-	require.NoError(t, err)
-	b.runUntilFinished(t)
-	_, err = b.pool.Exec(ctx, `UPDATE shadows.tasks SET expires_at = now() - interval '1 second'
-		WHERE queue = $1 AND key = 'old'`, b.q.Name())
-	require.NoError(t, err)
+	expiredRecord(t, b, "old")
 
 	// The worker's own row, locked: its heartbeats wait, and so no
 	// collection starts after one.
-	_, err = b.pool.Exec(ctx, `INSERT INTO shadows.workers (queue, name, tasks, started_at, last_seen)
+	_, err := b.pool.Exec(ctx, `INSERT INTO shadows.workers (queue, name, tasks, started_at, last_seen)
 		VALUES ($1, $2, '{}', now(), now())`, b.q.Name(), b.cfg.Name)
 	require.NoError(t, err)
 	tx, err := b.pool.Begin(ctx)
@@ -1187,12 +1162,7 @@ func TestRunUntilFinishedCollectsExpiredRecords(t *testing.T) {
 	go func() { done <- b.worker(t).RunUntilFinished(ctx) }()
 	// On its way out the run removes its row, and waits for the lock there:
 	// its last collection is behind it.
-	eventually(t, "the run is removing its row", func() bool {
-		var waiting int
-		require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-			WHERE wait_event_type = 'Lock' AND query LIKE '%RemoveWorker%'`).Scan(&waiting))
-		return waiting > 0
-	})
+	waitForLockWait(t, b, "RemoveWorker")
 	_, err = b.q.Execution(ctx, "old")
 	require.ErrorIs(t, err, queue.ErrNotFound, "the expired record outlived the run")
 	require.NoError(t, tx.Rollback(ctx))
@@ -1281,4 +1251,46 @@ func TestClearLeavesAReplacedCopyRunning(t *testing.T) {
 	time.Sleep(2 * time.Second) // several renewals
 	close(release)
 	require.NoError(t, <-ended, "the run went on")
+}
+
+// waitUntilListening adds pings (Echo{Text: "ping"}, whose handler signals
+// pinged) until one runs. With a long CheckInterval only a notification
+// wakes the worker after its first claim, so a ping that runs says the
+// worker listens.
+func waitUntilListening(t *testing.T, b *bundle, pinged <-chan struct{}) {
+	t.Helper()
+	for i := 0; ; i++ {
+		_, err := b.q.Add(t.Context(), Echo{Text: "ping"}, nil)
+		require.NoError(t, err)
+		select {
+		case <-pinged:
+			return
+		case <-time.After(time.Second):
+			require.Less(t, i, 20, "the worker never woke on a notification")
+		}
+	}
+}
+
+// waitForLockWait waits until a statement named name (its sqlc name)
+// waits for a lock.
+func waitForLockWait(t *testing.T, b *bundle, name string) {
+	t.Helper()
+	eventually(t, name+" waits for a lock", func() bool {
+		var waiting int
+		require.NoError(t, b.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity
+			WHERE wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'`, "name: "+name).Scan(&waiting))
+		return waiting > 0
+	})
+}
+
+// expiredRecord runs a task under key to its end and makes its record
+// expired.
+func expiredRecord(t *testing.T, b *bundle, key string) {
+	t.Helper()
+	_, err := b.q.Add(t.Context(), Echo{}, &queue.AddOpts{Key: key})
+	require.NoError(t, err)
+	b.runUntilFinished(t)
+	_, err = b.pool.Exec(t.Context(), `UPDATE shadows.tasks SET expires_at = now() - interval '1 second'
+		WHERE queue = $1 AND key = $2`, b.q.Name(), key)
+	require.NoError(t, err)
 }
