@@ -372,8 +372,7 @@ WITH ended AS (
 ), target AS (
     SELECT t.tid
     FROM ended
-    -- Key to row id, one probe per key: a fence, as below.
-    JOIN LATERAL (SELECT x.id FROM shadows.task_keys x WHERE x.queue = $1::text AND x.key = ended.key LIMIT 1) AS k ON true
+    JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = ended.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state
         FROM shadows.tasks r
@@ -398,9 +397,8 @@ WITH ended AS (
     -- Their keys too, unless an add holds one (see DeleteExpired).
     DELETE FROM shadows.task_keys
     WHERE ctid = ANY (ARRAY(
-        SELECT k.tid FROM deleted d CROSS JOIN LATERAL (
-            SELECT x.ctid::tid AS tid FROM shadows.task_keys x WHERE x.queue = $1::text AND x.key = d.key AND x.id = d.id
-            LIMIT 1 FOR UPDATE SKIP LOCKED) AS k))
+        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = d.key AND k.id = d.id
+        FOR UPDATE OF k SKIP LOCKED))
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
     (SELECT true FROM pg_notify('shadows_done', $1::text))::bool AS notified_done
@@ -462,8 +460,7 @@ WITH ended AS (
     -- given: the caller sorts by key), if it is still the run that ended.
     SELECT ended.key, ended.generation, ended.state, ended.error, ended.result, ended.next_run_at, ended.next_args, ended.next_attempt, ended.deliveries, ended.started_at, t.tid, t.cancel_requested
     FROM ended
-    -- Key to row id, one probe per key: a fence, as below.
-    JOIN LATERAL (SELECT x.id FROM shadows.task_keys x WHERE x.queue = $1::text AND x.key = ended.key LIMIT 1) AS k ON true
+    JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = ended.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.cancel_requested
         FROM shadows.tasks r
@@ -511,9 +508,8 @@ WITH ended AS (
     -- Their keys too, unless an add holds one (see DeleteExpired).
     DELETE FROM shadows.task_keys
     WHERE ctid = ANY (ARRAY(
-        SELECT k.tid FROM deleted d CROSS JOIN LATERAL (
-            SELECT x.ctid::tid AS tid FROM shadows.task_keys x WHERE x.queue = $1::text AND x.key = d.key AND x.id = d.id
-            LIMIT 1 FOR UPDATE SKIP LOCKED) AS k))
+        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = d.key AND k.id = d.id
+        FOR UPDATE OF k SKIP LOCKED))
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
         + (SELECT count(*) FROM rescheduled))::bigint AS n,
@@ -655,8 +651,7 @@ WITH found AS (
            u.started_at AS run_started_at, t.tid, t.generation, t.deliveries, t.started_at, t.state, t.worker, t.cancel_requested
     FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
                  unnest($3::int[]) AS deliveries, unnest($4::timestamptz[]) AS started_at) AS u
-    -- Key to row id, one probe per key: a fence, as below.
-    JOIN LATERAL (SELECT x.id FROM shadows.task_keys x WHERE x.queue = $5::text AND x.key = u.key LIMIT 1) AS k ON true
+    JOIN shadows.task_keys k ON k.queue = $5::text AND k.key = u.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.worker,
             r.cancel_requested

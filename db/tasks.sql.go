@@ -336,9 +336,8 @@ WITH cleared AS (
 ), unkeyed AS (
     DELETE FROM shadows.task_keys
     WHERE ctid = ANY (ARRAY(
-        SELECT k.tid FROM deleted d CROSS JOIN LATERAL (
-            SELECT x.ctid::tid AS tid FROM shadows.task_keys x WHERE x.queue = d.queue AND x.key = d.key AND x.id = d.id
-            LIMIT 1 FOR UPDATE SKIP LOCKED) AS k))
+        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = d.queue AND k.key = d.key AND k.id = d.id
+        FOR UPDATE OF k SKIP LOCKED))
 ), counted AS (
     SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n
 )
@@ -419,9 +418,8 @@ WITH gone AS (
 ), unkeyed AS (
     DELETE FROM shadows.task_keys
     WHERE ctid = ANY (ARRAY(
-        SELECT k.tid FROM gone CROSS JOIN LATERAL (
-            SELECT x.ctid::tid AS tid FROM shadows.task_keys x WHERE x.queue = gone.queue AND x.key = gone.key AND x.id = gone.id
-            LIMIT 1 FOR UPDATE SKIP LOCKED) AS k))
+        SELECT k.ctid FROM gone JOIN shadows.task_keys k ON k.queue = gone.queue AND k.key = gone.key AND k.id = gone.id
+        FOR UPDATE OF k SKIP LOCKED))
 )
 SELECT count(*) FROM gone
 `
@@ -448,9 +446,9 @@ WITH gone AS (
 )
 DELETE FROM shadows.task_keys
 WHERE ctid = ANY (ARRAY(
-    SELECT k.tid FROM gone CROSS JOIN LATERAL (
-        SELECT x.ctid::tid AS tid FROM shadows.task_keys x WHERE x.queue = gone.queue AND x.key = gone.key AND x.id = gone.id
-        LIMIT 1 FOR UPDATE SKIP LOCKED) AS k))
+    SELECT k.ctid FROM gone JOIN shadows.task_keys k ON k.queue = gone.queue AND k.key = gone.key AND k.id = gone.id
+    -- An add holding the key reuses it (see DeleteExpired).
+    FOR UPDATE OF k SKIP LOCKED))
 `
 
 type DeleteTaskParams struct {

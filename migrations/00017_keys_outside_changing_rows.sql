@@ -108,9 +108,7 @@ BEGIN
             SELECT 0 AS last, u.r, u.t, u.g, u.s, (v_idx ->> u.k)::integer AS pos, u.m, tk.seq,
                    coalesce(tk.run_at, 'infinity') AS run_at
             FROM unnest(p_tasks, p_generations, p_started, p_runs, p_keys, p_maxes) AS u(t, g, s, r, k, m)
-            LEFT JOIN LATERAL (
-                SELECT x.id FROM shadows.task_keys x WHERE x.queue = p_queue AND x.key = u.t LIMIT 1
-            ) AS kk ON true
+            LEFT JOIN shadows.task_keys kk ON kk.queue = p_queue AND kk.key = u.t
             LEFT JOIN shadows.tasks tk ON tk.id = kk.id
             UNION ALL SELECT 1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'infinity'
         ) AS x
@@ -179,9 +177,7 @@ BEGIN
             worker = NULL, started_at = NULL, lease_expires_at = NULL,
             deliveries = greatest(t.deliveries - 1, 0)
         FROM unnest(p_t, p_k, p_m, p_g, p_s) AS u(t, k, m, g, s)
-        CROSS JOIN LATERAL (
-            SELECT x.id FROM shadows.task_keys x WHERE x.queue = p_queue AND x.key = u.t LIMIT 1
-        ) AS kk
+        JOIN shadows.task_keys kk ON kk.queue = p_queue AND kk.key = u.t
         -- Only the claimed run (generation and claim time): a superseded
         -- run parks nothing (its worker drops it), and never the run that
         -- replaced it, nor another worker's run of the key. A run
@@ -214,9 +210,7 @@ BEGIN
     WITH mine AS (
         SELECT t.tid, t.cancel_requested
         FROM unnest(p_tasks, p_generations, p_started) AS u(key, generation, started_at)
-        CROSS JOIN LATERAL (
-            SELECT x.id FROM shadows.task_keys x WHERE x.queue = p_queue AND x.key = u.key LIMIT 1
-        ) AS kk
+        JOIN shadows.task_keys kk ON kk.queue = p_queue AND kk.key = u.key
         JOIN LATERAL (
             SELECT r.ctid AS tid, r.generation, r.started_at, r.state, r.worker, r.cancel_requested
             FROM shadows.tasks r

@@ -178,8 +178,7 @@ WITH found AS (
            u.started_at AS run_started_at, t.*
     FROM (SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
                  unnest(@deliveries::int[]) AS deliveries, unnest(@started_ats::timestamptz[]) AS started_at) AS u
-    -- Key to row id, one probe per key: a fence, as below.
-    JOIN LATERAL (SELECT x.id FROM shadows.task_keys x WHERE x.queue = @queue::text AND x.key = u.key LIMIT 1) AS k ON true
+    JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = u.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.worker,
             r.cancel_requested
@@ -233,8 +232,7 @@ WITH ended AS (
     -- given: the caller sorts by key), if it is still the run that ended.
     SELECT ended.*, t.tid, t.cancel_requested
     FROM ended
-    -- Key to row id, one probe per key: a fence, as below.
-    JOIN LATERAL (SELECT x.id FROM shadows.task_keys x WHERE x.queue = @queue::text AND x.key = ended.key LIMIT 1) AS k ON true
+    JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = ended.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.cancel_requested
         FROM shadows.tasks r
@@ -282,9 +280,8 @@ WITH ended AS (
     -- Their keys too, unless an add holds one (see DeleteExpired).
     DELETE FROM shadows.task_keys
     WHERE ctid = ANY (ARRAY(
-        SELECT k.tid FROM deleted d CROSS JOIN LATERAL (
-            SELECT x.ctid::tid AS tid FROM shadows.task_keys x WHERE x.queue = @queue::text AND x.key = d.key AND x.id = d.id
-            LIMIT 1 FOR UPDATE SKIP LOCKED) AS k))
+        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = d.key AND k.id = d.id
+        FOR UPDATE OF k SKIP LOCKED))
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
         + (SELECT count(*) FROM rescheduled))::bigint AS n,
@@ -303,8 +300,7 @@ WITH ended AS (
 ), target AS (
     SELECT t.tid
     FROM ended
-    -- Key to row id, one probe per key: a fence, as below.
-    JOIN LATERAL (SELECT x.id FROM shadows.task_keys x WHERE x.queue = @queue::text AND x.key = ended.key LIMIT 1) AS k ON true
+    JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = ended.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state
         FROM shadows.tasks r
@@ -329,9 +325,8 @@ WITH ended AS (
     -- Their keys too, unless an add holds one (see DeleteExpired).
     DELETE FROM shadows.task_keys
     WHERE ctid = ANY (ARRAY(
-        SELECT k.tid FROM deleted d CROSS JOIN LATERAL (
-            SELECT x.ctid::tid AS tid FROM shadows.task_keys x WHERE x.queue = @queue::text AND x.key = d.key AND x.id = d.id
-            LIMIT 1 FOR UPDATE SKIP LOCKED) AS k))
+        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = d.key AND k.id = d.id
+        FOR UPDATE OF k SKIP LOCKED))
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
     (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done;
