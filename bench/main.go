@@ -331,7 +331,7 @@ func cleanup(ctx context.Context, url, queueName string) error {
 	if err != nil {
 		return fmt.Errorf("clean up queue %s: %w", queueName, err)
 	}
-	for _, table := range []string{"task_keys", "workers", "strikes", "slots"} {
+	for _, table := range []string{"workers", "strikes", "slots"} {
 		if _, err := conn.Exec(cctx, `DELETE FROM shadows.`+table+` WHERE queue = $1`, queueName); err != nil {
 			return fmt.Errorf("clean up %s of queue %s: %w", table, queueName, err)
 		}

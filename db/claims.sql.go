@@ -371,12 +371,10 @@ WITH ended AS (
            unnest($4::int[]) AS deliveries, unnest($5::timestamptz[]) AS started_at
 ), target AS (
     SELECT t.tid
-    FROM ended
-    JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = ended.key
-    JOIN LATERAL (
+    FROM ended JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state
         FROM shadows.tasks r
-        WHERE r.id = k.id
+        WHERE r.queue = $1::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
@@ -392,13 +390,7 @@ WITH ended AS (
 ), deleted AS (
     DELETE FROM shadows.tasks t
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND $6::float8 <= 0
-    RETURNING t.key, t.id
-), unkeyed AS (
-    -- Their keys too, unless an add holds one (see DeleteExpired).
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = d.key AND k.id = d.id
-        FOR UPDATE OF k SKIP LOCKED))
+    RETURNING 1
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
     (SELECT true FROM pg_notify('shadows_done', $1::text))::bool AS notified_done
@@ -459,12 +451,10 @@ WITH ended AS (
     -- Each outcome's row, found by primary key and locked (in the order
     -- given: the caller sorts by key), if it is still the run that ended.
     SELECT ended.key, ended.generation, ended.state, ended.error, ended.result, ended.next_run_at, ended.next_args, ended.next_attempt, ended.deliveries, ended.started_at, t.tid, t.cancel_requested
-    FROM ended
-    JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = ended.key
-    JOIN LATERAL (
+    FROM ended JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.cancel_requested
         FROM shadows.tasks r
-        WHERE r.id = k.id
+        WHERE r.queue = $1::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
@@ -503,13 +493,7 @@ WITH ended AS (
     USING target
     WHERE t.ctid = target.tid AND (target.state NOT IN ('scheduled', 'deferred') OR target.cancel_requested)
       AND $12::float8 <= 0
-    RETURNING t.key, t.id
-), unkeyed AS (
-    -- Their keys too, unless an add holds one (see DeleteExpired).
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = $1::text AND k.key = d.key AND k.id = d.id
-        FOR UPDATE OF k SKIP LOCKED))
+    RETURNING t.key
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
         + (SELECT count(*) FROM rescheduled))::bigint AS n,
@@ -651,12 +635,11 @@ WITH found AS (
            u.started_at AS run_started_at, t.tid, t.generation, t.deliveries, t.started_at, t.state, t.worker, t.cancel_requested
     FROM (SELECT unnest($1::text[]) AS key, unnest($2::bigint[]) AS generation,
                  unnest($3::int[]) AS deliveries, unnest($4::timestamptz[]) AS started_at) AS u
-    JOIN shadows.task_keys k ON k.queue = $5::text AND k.key = u.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.worker,
             r.cancel_requested
         FROM shadows.tasks r
-        WHERE r.id = k.id
+        WHERE r.queue = $5::text AND r.key = u.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
@@ -768,8 +751,7 @@ SET progress_current = CASE
     progress_message = CASE WHEN $4::text IS NULL THEN progress_message
                             ELSE nullif($4::text, '') END,
     progress_at = now()
-WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = $5::text AND key = $6::text)
-  AND generation = $7::bigint
+WHERE queue = $5::text AND key = $6::text AND generation = $7::bigint
   AND started_at = $8::timestamptz AND state = 'running'
 `
 

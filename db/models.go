@@ -176,13 +176,6 @@ type ShadowsTask struct {
 	WaitingOn       *string
 	WaitingMax      *int32
 	TraceContext    json.RawMessage
-	ID              int64
-}
-
-type ShadowsTaskKey struct {
-	Queue string
-	Key   string
-	ID    int64
 }
 
 type ShadowsWorker struct {

@@ -14,36 +14,23 @@ import (
 const addManyPrelude = `-- name: AddManyPrelude :one
 SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $1::text), 0)::bigint AS epoch,
     EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = $1::text) AS has_strikes,
-    now()::timestamptz AS now,
-    ARRAY(SELECT nextval('shadows.task_ids') FROM generate_series(1, $2::int))::bigint[] AS ids
+    now()::timestamptz AS now
 `
-
-type AddManyPreludeParams struct {
-	Queue string
-	Rows  int32
-}
 
 type AddManyPreludeRow struct {
 	Epoch      int64
 	HasStrikes bool
 	Now        time.Time
-	Ids        []int64
 }
 
 // What AddMany's fast path needs to know, in its transaction: the queue's
 // strike epoch, whether it has strikes at all, and the transaction's time.
 // Rows stored under this epoch without being judged are judged at claim
 // time if a strike arrives meanwhile (the epoch moves on).
-// It also draws the rows' ids, one per task.
-func (q *Queries) AddManyPrelude(ctx context.Context, db DBTX, arg AddManyPreludeParams) (AddManyPreludeRow, error) {
-	row := db.QueryRow(ctx, addManyPrelude, arg.Queue, arg.Rows)
+func (q *Queries) AddManyPrelude(ctx context.Context, db DBTX, queue string) (AddManyPreludeRow, error) {
+	row := db.QueryRow(ctx, addManyPrelude, queue)
 	var i AddManyPreludeRow
-	err := row.Scan(
-		&i.Epoch,
-		&i.HasStrikes,
-		&i.Now,
-		&i.Ids,
-	)
+	err := row.Scan(&i.Epoch, &i.HasStrikes, &i.Now)
 	return i, err
 }
 
@@ -57,22 +44,13 @@ WITH epoch AS (
       AND jsonb_path_exists($3::jsonb, s.path, '{}', true)
 ), struck AS (
     SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
-), k AS (
-    -- The key's row id: a new one for a new key. A key already present is
-    -- locked (by the update that changes nothing), so that adds of one key
-    -- take turns; its row, if any, is overwritten below or left alone.
-    INSERT INTO shadows.task_keys AS k (queue, key, id)
-    SELECT $1::text, $4::text, nextval('shadows.task_ids')
-    WHERE NOT EXISTS (SELECT 1 FROM struck)
-    ON CONFLICT (queue, key) DO UPDATE SET id = k.id
-    RETURNING k.id
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (id, queue, key, task, args, run_at, trace_context, held, strike_epoch)
-    SELECT k.id, $1::text, $4::text, $2::text, $3::jsonb,
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
+    SELECT $1::text, $4::text, $2::text, $3::jsonb,
            coalesce($5::timestamptz, now()), $6::jsonb,
            EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
-    FROM k
-    ON CONFLICT (id) DO UPDATE
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
@@ -157,19 +135,13 @@ WITH input AS (
           AND s.queue = $6::text AND (s.task IS NULL OR s.task = input.task)
           AND jsonb_path_exists(input.args, s.path, '{}', true)
     ) AS st ON true
-), k AS (
-    -- Each key's row id, as in AddTask.
-    INSERT INTO shadows.task_keys AS k (queue, key, id)
-    SELECT $6::text, key, nextval('shadows.task_ids') FROM judged
-    WHERE struck_by IS NULL
-    ON CONFLICT (queue, key) DO UPDATE SET id = k.id
-    RETURNING k.key, k.id
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (id, queue, key, task, args, run_at, trace_context, held, strike_epoch)
-    SELECT k.id, $6::text, judged.key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
+    SELECT $6::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
            $7::jsonb, held, (SELECT e FROM epoch)
-    FROM judged JOIN k ON k.key = judged.key
-    ON CONFLICT (id) DO UPDATE
+    FROM judged
+    WHERE struck_by IS NULL
+    ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
@@ -247,9 +219,8 @@ func (q *Queries) AddTasks(ctx context.Context, db DBTX, arg AddTasksParams) ([]
 
 const cancelTask = `-- name: CancelTask :one
 WITH old AS (
-    SELECT id, state, generation, started_at FROM shadows.tasks
-    WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = $1::text AND key = $2::text)
-      AND state IN ('scheduled', 'running')
+    SELECT key, state, generation, started_at FROM shadows.tasks
+    WHERE queue = $1::text AND key = $2::text AND state IN ('scheduled', 'running')
     FOR UPDATE
 ), upd AS (
     UPDATE shadows.tasks t
@@ -267,7 +238,7 @@ WITH old AS (
         expires_at = CASE WHEN old.state = 'running' THEN NULL
                           ELSE now() + make_interval(secs => $3::float8) END
     FROM old
-    WHERE t.id = old.id
+    WHERE t.queue = $1::text AND t.key = old.key
     RETURNING old.state AS previous, old.generation, old.started_at
 )
 SELECT upd.previous, upd.generation,
@@ -332,12 +303,7 @@ WITH cleared AS (
 ), deleted AS (
     DELETE FROM shadows.tasks
     WHERE queue = $1::text AND state = 'scheduled' AND $2::float8 <= 0
-    RETURNING queue, key, id
-), unkeyed AS (
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = d.queue AND k.key = d.key AND k.id = d.id
-        FOR UPDATE OF k SKIP LOCKED))
+    RETURNING 1
 ), counted AS (
     SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n
 )
@@ -405,50 +371,29 @@ func (q *Queries) CountTasks(ctx context.Context, db DBTX, queue string) (CountT
 	return i, err
 }
 
-const deleteExpired = `-- name: DeleteExpired :one
-WITH gone AS (
-    DELETE FROM shadows.tasks
-    WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM shadows.tasks
-        WHERE expires_at < now() AND state IN ('completed', 'failed', 'cancelled')
-        LIMIT $1
-        FOR UPDATE SKIP LOCKED
-    ))
-    RETURNING queue, key, id
-), unkeyed AS (
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM gone JOIN shadows.task_keys k ON k.queue = gone.queue AND k.key = gone.key AND k.id = gone.id
-        FOR UPDATE OF k SKIP LOCKED))
-)
-SELECT count(*) FROM gone
+const deleteExpired = `-- name: DeleteExpired :execrows
+DELETE FROM shadows.tasks
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM shadows.tasks
+    WHERE expires_at < now() AND state IN ('completed', 'failed', 'cancelled')
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+))
 `
 
 // Removes up to max_rows expired execution records. SKIP LOCKED lets several
 // workers collect garbage at once without waiting on each other.
-// The keys of the deleted rows go too, except a key an add holds at that
-// moment: that add reuses it (its row is gone, so it stores a new one under
-// the key's id). Deleting never waits for a key, so it cannot wait in a
-// cycle with an add, which locks the key first and the row second.
 func (q *Queries) DeleteExpired(ctx context.Context, db DBTX, maxRows int32) (int64, error) {
-	row := db.QueryRow(ctx, deleteExpired, maxRows)
-	var count int64
-	err := row.Scan(&count)
-	return count, err
+	result, err := db.Exec(ctx, deleteExpired, maxRows)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
 }
 
 const deleteTask = `-- name: DeleteTask :exec
-WITH gone AS (
-    DELETE FROM shadows.tasks
-    WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = $1::text AND key = $2::text)
-      AND state = 'cancelled' AND generation = $3::bigint
-    RETURNING queue, key, id
-)
-DELETE FROM shadows.task_keys
-WHERE ctid = ANY (ARRAY(
-    SELECT k.ctid FROM gone JOIN shadows.task_keys k ON k.queue = gone.queue AND k.key = gone.key AND k.id = gone.id
-    -- An add holding the key reuses it (see DeleteExpired).
-    FOR UPDATE OF k SKIP LOCKED))
+DELETE FROM shadows.tasks
+WHERE queue = $1::text AND key = $2::text AND state = 'cancelled' AND generation = $3::bigint
 `
 
 type DeleteTaskParams struct {
@@ -472,7 +417,7 @@ SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        coalesce(waiting_on, '')::text AS waiting_on, cancel_requested,
        now()::timestamptz AS now
 FROM shadows.tasks
-WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = $1::text AND key = $2::text)
+WHERE queue = $1::text AND key = $2::text
 `
 
 type GetTaskParams struct {
@@ -546,7 +491,7 @@ SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        coalesce(waiting_on, '')::text AS waiting_on, cancel_requested,
        now()::timestamptz AS now
 FROM shadows.tasks
-WHERE id = ANY (ARRAY(SELECT id FROM shadows.task_keys WHERE queue = $1::text AND key = ANY ($2::text[])))
+WHERE queue = $1::text AND key = ANY ($2::text[])
 `
 
 type GetTasksParams struct {
@@ -759,22 +704,13 @@ WITH epoch AS (
       AND jsonb_path_exists($3::jsonb, s.path, '{}', true)
 ), struck AS (
     SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
-), k AS (
-    -- The key's row id: a new one for a new key. A key already present is
-    -- locked (by the update that changes nothing), so that adds of one key
-    -- take turns; its row, if any, is overwritten below or left alone.
-    INSERT INTO shadows.task_keys AS k (queue, key, id)
-    SELECT $1::text, $4::text, nextval('shadows.task_ids')
-    WHERE NOT EXISTS (SELECT 1 FROM struck)
-    ON CONFLICT (queue, key) DO UPDATE SET id = k.id
-    RETURNING k.id
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (id, queue, key, task, args, run_at, trace_context, held, strike_epoch)
-    SELECT k.id, $1::text, $4::text, $2::text, $3::jsonb,
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
+    SELECT $1::text, $4::text, $2::text, $3::jsonb,
            coalesce($5::timestamptz, now()), $6::jsonb,
            EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
-    FROM k
-    ON CONFLICT (id) DO UPDATE
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,

@@ -178,12 +178,11 @@ WITH found AS (
            u.started_at AS run_started_at, t.*
     FROM (SELECT unnest(@keys::text[]) AS key, unnest(@generations::bigint[]) AS generation,
                  unnest(@deliveries::int[]) AS deliveries, unnest(@started_ats::timestamptz[]) AS started_at) AS u
-    JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = u.key
     JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.worker,
             r.cancel_requested
         FROM shadows.tasks r
-        WHERE r.id = k.id
+        WHERE r.queue = @queue::text AND r.key = u.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
@@ -231,12 +230,10 @@ WITH ended AS (
     -- Each outcome's row, found by primary key and locked (in the order
     -- given: the caller sorts by key), if it is still the run that ended.
     SELECT ended.*, t.tid, t.cancel_requested
-    FROM ended
-    JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = ended.key
-    JOIN LATERAL (
+    FROM ended JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state, r.cancel_requested
         FROM shadows.tasks r
-        WHERE r.id = k.id
+        WHERE r.queue = @queue::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
@@ -275,13 +272,7 @@ WITH ended AS (
     USING target
     WHERE t.ctid = target.tid AND (target.state NOT IN ('scheduled', 'deferred') OR target.cancel_requested)
       AND @ttl_seconds::float8 <= 0
-    RETURNING t.key, t.id
-), unkeyed AS (
-    -- Their keys too, unless an add holds one (see DeleteExpired).
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = d.key AND k.id = d.id
-        FOR UPDATE OF k SKIP LOCKED))
+    RETURNING t.key
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted)
         + (SELECT count(*) FROM rescheduled))::bigint AS n,
@@ -299,12 +290,10 @@ WITH ended AS (
            unnest(@deliveries::int[]) AS deliveries, unnest(@started_ats::timestamptz[]) AS started_at
 ), target AS (
     SELECT t.tid
-    FROM ended
-    JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = ended.key
-    JOIN LATERAL (
+    FROM ended JOIN LATERAL (
         SELECT r.ctid::tid AS tid, r.generation, r.deliveries, r.started_at, r.state
         FROM shadows.tasks r
-        WHERE r.id = k.id
+        WHERE r.queue = @queue::text AND r.key = ended.key
         LIMIT 1 -- a fence: the outer conditions stay out, only the primary key is used
         FOR UPDATE
     ) AS t ON true
@@ -320,13 +309,7 @@ WITH ended AS (
 ), deleted AS (
     DELETE FROM shadows.tasks t
     WHERE t.ctid = ANY (ARRAY(SELECT tid FROM target)) AND @ttl_seconds::float8 <= 0
-    RETURNING t.key, t.id
-), unkeyed AS (
-    -- Their keys too, unless an add holds one (see DeleteExpired).
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = @queue::text AND k.key = d.key AND k.id = d.id
-        FOR UPDATE OF k SKIP LOCKED))
+    RETURNING 1
 )
 SELECT ((SELECT count(*) FROM updated) + (SELECT count(*) FROM deleted))::bigint AS n,
     (SELECT true FROM pg_notify('shadows_done', @queue::text))::bool AS notified_done;
@@ -345,8 +328,7 @@ SET progress_current = CASE
     progress_message = CASE WHEN sqlc.narg('message')::text IS NULL THEN progress_message
                             ELSE nullif(sqlc.narg('message')::text, '') END,
     progress_at = now()
-WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = @queue::text AND key = @key::text)
-  AND generation = @generation::bigint
+WHERE queue = @queue::text AND key = @key::text AND generation = @generation::bigint
   AND started_at = @started_at::timestamptz AND state = 'running';
 
 -- name: AcquireSlots :many

@@ -17,22 +17,13 @@ WITH epoch AS (
       AND jsonb_path_exists(@args::jsonb, s.path, '{}', true)
 ), struck AS (
     SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
-), k AS (
-    -- The key's row id: a new one for a new key. A key already present is
-    -- locked (by the update that changes nothing), so that adds of one key
-    -- take turns; its row, if any, is overwritten below or left alone.
-    INSERT INTO shadows.task_keys AS k (queue, key, id)
-    SELECT @queue::text, @key::text, nextval('shadows.task_ids')
-    WHERE NOT EXISTS (SELECT 1 FROM struck)
-    ON CONFLICT (queue, key) DO UPDATE SET id = k.id
-    RETURNING k.id
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (id, queue, key, task, args, run_at, trace_context, held, strike_epoch)
-    SELECT k.id, @queue::text, @key::text, @task::text, @args::jsonb,
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
+    SELECT @queue::text, @key::text, @task::text, @args::jsonb,
            coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb,
            EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
-    FROM k
-    ON CONFLICT (id) DO UPDATE
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
@@ -66,22 +57,13 @@ WITH epoch AS (
       AND jsonb_path_exists(@args::jsonb, s.path, '{}', true)
 ), struck AS (
     SELECT rule FROM strikes WHERE NOT hold ORDER BY rule LIMIT 1
-), k AS (
-    -- The key's row id: a new one for a new key. A key already present is
-    -- locked (by the update that changes nothing), so that adds of one key
-    -- take turns; its row, if any, is overwritten below or left alone.
-    INSERT INTO shadows.task_keys AS k (queue, key, id)
-    SELECT @queue::text, @key::text, nextval('shadows.task_ids')
-    WHERE NOT EXISTS (SELECT 1 FROM struck)
-    ON CONFLICT (queue, key) DO UPDATE SET id = k.id
-    RETURNING k.id
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (id, queue, key, task, args, run_at, trace_context, held, strike_epoch)
-    SELECT k.id, @queue::text, @key::text, @task::text, @args::jsonb,
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
+    SELECT @queue::text, @key::text, @task::text, @args::jsonb,
            coalesce(sqlc.narg('run_at')::timestamptz, now()), sqlc.narg('trace_context')::jsonb,
            EXISTS (SELECT 1 FROM strikes WHERE hold), (SELECT e FROM epoch)
-    FROM k
-    ON CONFLICT (id) DO UPDATE
+    WHERE NOT EXISTS (SELECT 1 FROM struck)
+    ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
@@ -116,19 +98,13 @@ WITH input AS (
           AND s.queue = @queue::text AND (s.task IS NULL OR s.task = input.task)
           AND jsonb_path_exists(input.args, s.path, '{}', true)
     ) AS st ON true
-), k AS (
-    -- Each key's row id, as in AddTask.
-    INSERT INTO shadows.task_keys AS k (queue, key, id)
-    SELECT @queue::text, key, nextval('shadows.task_ids') FROM judged
-    WHERE struck_by IS NULL
-    ON CONFLICT (queue, key) DO UPDATE SET id = k.id
-    RETURNING k.key, k.id
 ), ins AS (
-    INSERT INTO shadows.tasks AS t (id, queue, key, task, args, run_at, trace_context, held, strike_epoch)
-    SELECT k.id, @queue::text, judged.key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
+    INSERT INTO shadows.tasks AS t (queue, key, task, args, run_at, trace_context, held, strike_epoch)
+    SELECT @queue::text, key, task, args, CASE WHEN run_at_set THEN run_at ELSE now() END,
            sqlc.narg('trace_context')::jsonb, held, (SELECT e FROM epoch)
-    FROM judged JOIN k ON k.key = judged.key
-    ON CONFLICT (id) DO UPDATE
+    FROM judged
+    WHERE struck_by IS NULL
+    ON CONFLICT (queue, key) DO UPDATE
     SET task = excluded.task, args = excluded.args, run_at = excluded.run_at,
     trace_context = excluded.trace_context, strike_epoch = excluded.strike_epoch, state = 'scheduled', generation = t.generation + 1, seq = excluded.seq,
     attempt = 1, deliveries = 0, worker = NULL, cancel_requested = false, started_at = NULL,
@@ -152,11 +128,9 @@ FROM judged LEFT JOIN ins ON ins.key = judged.key;
 -- strike epoch, whether it has strikes at all, and the transaction's time.
 -- Rows stored under this epoch without being judged are judged at claim
 -- time if a strike arrives meanwhile (the epoch moves on).
--- It also draws the rows' ids, one per task.
 SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = @queue::text), 0)::bigint AS epoch,
     EXISTS (SELECT 1 FROM shadows.strikes WHERE queue = @queue::text) AS has_strikes,
-    now()::timestamptz AS now,
-    ARRAY(SELECT nextval('shadows.task_ids') FROM generate_series(1, @rows::int))::bigint[] AS ids;
+    now()::timestamptz AS now;
 
 -- name: NotifyReady :exec
 SELECT pg_notify('shadows_ready', @queue::text);
@@ -176,9 +150,8 @@ SELECT pg_notify('shadows_ready', @queue::text);
 -- cancel notifies too ("generation" then names the generation before it,
 -- which workers of earlier versions cancel). Result waiters are woken.
 WITH old AS (
-    SELECT id, state, generation, started_at FROM shadows.tasks
-    WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = @queue::text AND key = @key::text)
-      AND state IN ('scheduled', 'running')
+    SELECT key, state, generation, started_at FROM shadows.tasks
+    WHERE queue = @queue::text AND key = @key::text AND state IN ('scheduled', 'running')
     FOR UPDATE
 ), upd AS (
     UPDATE shadows.tasks t
@@ -196,7 +169,7 @@ WITH old AS (
         expires_at = CASE WHEN old.state = 'running' THEN NULL
                           ELSE now() + make_interval(secs => @ttl_seconds::float8) END
     FROM old
-    WHERE t.id = old.id
+    WHERE t.queue = @queue::text AND t.key = old.key
     RETURNING old.state AS previous, old.generation, old.started_at
 )
 SELECT upd.previous, upd.generation,
@@ -216,17 +189,8 @@ FROM upd;
 -- Removes the record of a task that Cancel just ended, for a queue without
 -- record lifetime. Only that record: a task added again under the key
 -- between the two statements (a new generation) stays.
-WITH gone AS (
-    DELETE FROM shadows.tasks
-    WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = @queue::text AND key = @key::text)
-      AND state = 'cancelled' AND generation = @generation::bigint
-    RETURNING queue, key, id
-)
-DELETE FROM shadows.task_keys
-WHERE ctid = ANY (ARRAY(
-    SELECT k.ctid FROM gone JOIN shadows.task_keys k ON k.queue = gone.queue AND k.key = gone.key AND k.id = gone.id
-    -- An add holding the key reuses it (see DeleteExpired).
-    FOR UPDATE OF k SKIP LOCKED));
+DELETE FROM shadows.tasks
+WHERE queue = @queue::text AND key = @key::text AND state = 'cancelled' AND generation = @generation::bigint;
 
 -- name: GetTask :one
 SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
@@ -235,7 +199,7 @@ SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        coalesce(waiting_on, '')::text AS waiting_on, cancel_requested,
        now()::timestamptz AS now
 FROM shadows.tasks
-WHERE id = (SELECT id FROM shadows.task_keys WHERE queue = @queue::text AND key = @key::text);
+WHERE queue = @queue::text AND key = @key::text;
 
 -- name: GetTasks :many
 -- GetTask for several keys: the live tasks that AddMany's entries met.
@@ -245,7 +209,7 @@ SELECT queue, key, task, args, state, generation, run_at, attempt, deliveries,
        coalesce(waiting_on, '')::text AS waiting_on, cancel_requested,
        now()::timestamptz AS now
 FROM shadows.tasks
-WHERE id = ANY (ARRAY(SELECT id FROM shadows.task_keys WHERE queue = @queue::text AND key = ANY (@keys::text[])));
+WHERE queue = @queue::text AND key = ANY (@keys::text[]);
 
 -- name: ClearTasks :one
 -- Removes every task that has not started. With a record lifetime the rows
@@ -259,12 +223,7 @@ WITH cleared AS (
 ), deleted AS (
     DELETE FROM shadows.tasks
     WHERE queue = @queue::text AND state = 'scheduled' AND @ttl_seconds::float8 <= 0
-    RETURNING queue, key, id
-), unkeyed AS (
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM deleted d JOIN shadows.task_keys k ON k.queue = d.queue AND k.key = d.key AND k.id = d.id
-        FOR UPDATE OF k SKIP LOCKED))
+    RETURNING 1
 ), counted AS (
     SELECT ((SELECT count(*) FROM cleared) + (SELECT count(*) FROM deleted))::bigint AS n
 )
@@ -308,29 +267,16 @@ SELECT (EXISTS (
     SELECT 1 FROM shadows.tasks WHERE queue = @queue::text AND state = 'running'
 ))::bool AS live;
 
--- name: DeleteExpired :one
+-- name: DeleteExpired :execrows
 -- Removes up to max_rows expired execution records. SKIP LOCKED lets several
 -- workers collect garbage at once without waiting on each other.
--- The keys of the deleted rows go too, except a key an add holds at that
--- moment: that add reuses it (its row is gone, so it stores a new one under
--- the key's id). Deleting never waits for a key, so it cannot wait in a
--- cycle with an add, which locks the key first and the row second.
-WITH gone AS (
-    DELETE FROM shadows.tasks
-    WHERE ctid = ANY (ARRAY(
-        SELECT ctid FROM shadows.tasks
-        WHERE expires_at < now() AND state IN ('completed', 'failed', 'cancelled')
-        LIMIT @max_rows
-        FOR UPDATE SKIP LOCKED
-    ))
-    RETURNING queue, key, id
-), unkeyed AS (
-    DELETE FROM shadows.task_keys
-    WHERE ctid = ANY (ARRAY(
-        SELECT k.ctid FROM gone JOIN shadows.task_keys k ON k.queue = gone.queue AND k.key = gone.key AND k.id = gone.id
-        FOR UPDATE OF k SKIP LOCKED))
-)
-SELECT count(*) FROM gone;
+DELETE FROM shadows.tasks
+WHERE ctid = ANY (ARRAY(
+    SELECT ctid FROM shadows.tasks
+    WHERE expires_at < now() AND state IN ('completed', 'failed', 'cancelled')
+    LIMIT @max_rows
+    FOR UPDATE SKIP LOCKED
+));
 
 -- name: TaskStats :many
 -- Live tasks per task name: how many, running, due, future, and the

@@ -450,11 +450,7 @@ func (q *Queue) describeAlreadyScheduled(ctx context.Context, tx pgx.Tx, out []*
 
 // copyColumns are the columns AddMany's fast path copies; the others take
 // their defaults (generation 1, state scheduled, created_at now(), …).
-var copyColumns = []string{"id", "queue", "key", "task", "args", "run_at", "trace_context", "strike_epoch"}
-
-// keyColumns are the columns of shadows.task_keys, copied first: a key
-// added twice fails there, before any row is written.
-var keyColumns = []string{"queue", "key", "id"}
+var copyColumns = []string{"queue", "key", "task", "args", "run_at", "trace_context", "strike_epoch"}
 
 // copyMany is AddMany's fast path, for a batch whose keys shadows made
 // itself: they are new (time-ordered random UUIDs), so no row can meet a
@@ -465,7 +461,7 @@ var keyColumns = []string{"queue", "key", "id"}
 // reports copied false, having written nothing, when it does not apply;
 // due reports whether any copied task is already due.
 func (q *Queue) copyMany(ctx context.Context, tx pgx.Tx, stored []*Execution) (copied, due bool, err error) {
-	pre, err := q.queries.AddManyPrelude(ctx, tx, db.AddManyPreludeParams{Queue: q.cfg.Name, Rows: int32(len(stored))})
+	pre, err := q.queries.AddManyPrelude(ctx, tx, q.cfg.Name)
 	if err != nil {
 		return false, false, fmt.Errorf("add many: %w", err)
 	}
@@ -476,11 +472,7 @@ func (q *Queue) copyMany(ctx context.Context, tx pgx.Tx, stored []*Execution) (c
 	if tc := telemetry.Inject(ctx); len(tc) > 0 {
 		trace = tc
 	}
-	if len(pre.Ids) != len(stored) {
-		return false, false, fmt.Errorf("add many: %d ids drawn for %d tasks", len(pre.Ids), len(stored))
-	}
 	rows := make([][]any, len(stored))
-	keys := make([][]any, len(stored))
 	for i, e := range stored {
 		runAt := pre.Now
 		if !e.When.IsZero() {
@@ -488,15 +480,11 @@ func (q *Queue) copyMany(ctx context.Context, tx pgx.Tx, stored []*Execution) (c
 			// returns them.
 			runAt = e.When.Truncate(time.Microsecond).In(pre.Now.Location())
 		}
-		rows[i] = []any{pre.Ids[i], q.cfg.Name, e.Key, e.Task, []byte(e.Args), runAt, trace, pre.Epoch}
-		keys[i] = []any{q.cfg.Name, e.Key, pre.Ids[i]}
+		rows[i] = []any{q.cfg.Name, e.Key, e.Task, []byte(e.Args), runAt, trace, pre.Epoch}
 		d := !runAt.After(pre.Now)
 		due = due || d
 		e.Disposition = DispositionScheduled
 		e.fillAdded(1, runAt, pre.Now, d)
-	}
-	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"shadows", "task_keys"}, keyColumns, pgx.CopyFromRows(keys)); err != nil {
-		return false, false, fmt.Errorf("add many: %w", err)
 	}
 	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"shadows", "tasks"}, copyColumns, pgx.CopyFromRows(rows)); err != nil {
 		return false, false, fmt.Errorf("add many: %w", err)

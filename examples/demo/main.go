@@ -172,7 +172,6 @@ func deleteQueue(ctx context.Context, pool *pgxpool.Pool, name string) (int64, e
 	var n int64
 	for _, sql := range []string{
 		`DELETE FROM shadows.tasks WHERE queue = $1`,
-		`DELETE FROM shadows.task_keys WHERE queue = $1`,
 		`DELETE FROM shadows.workers WHERE queue = $1`,
 		`DELETE FROM shadows.strikes WHERE queue = $1`,
 		`DELETE FROM shadows.slots WHERE queue = $1`,
