@@ -250,6 +250,91 @@ func (q *Queries) ClaimDue(ctx context.Context, db DBTX, arg ClaimDueParams) ([]
 	return items, nil
 }
 
+const claimDueUnstruck = `-- name: ClaimDueUnstruck :many
+UPDATE shadows.tasks t
+SET state = 'running', worker = $1::text, started_at = now(),
+    deliveries = t.deliveries + 1,
+    lease_expires_at = now() + make_interval(secs => $2::float8)
+WHERE t.ctid = ANY (ARRAY(
+    SELECT d.ctid FROM shadows.tasks d
+    WHERE NOT EXISTS (SELECT 1 FROM shadows.strikes s WHERE s.queue = $3::text)
+      AND d.queue = $3::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
+      AND d.run_at <= now()
+      AND (d.run_at, d.seq) > ($4::timestamptz, $5::bigint)
+    ORDER BY d.run_at, d.seq
+    LIMIT $6
+    FOR UPDATE SKIP LOCKED))
+RETURNING t.key, t.task, convert_to(t.args::text, 'UTF8') AS args, t.generation, t.attempt, t.run_at,
+    t.seq, t.deliveries, t.started_at, t.trace_context
+`
+
+type ClaimDueUnstruckParams struct {
+	Worker       string
+	LeaseSeconds float64
+	Queue        string
+	AfterRunAt   time.Time
+	AfterSeq     int64
+	MaxRows      int32
+}
+
+type ClaimDueUnstruckRow struct {
+	Key          string
+	Task         string
+	Args         []byte
+	Generation   int64
+	Attempt      int32
+	RunAt        time.Time
+	Seq          int64
+	Deliveries   int32
+	StartedAt    *time.Time
+	TraceContext json.RawMessage
+}
+
+// ClaimDue for a queue without strikes, in one plain statement: with no
+// strike, judging would start every row anyway, so the judging and the
+// common table expressions it needs are left out (in a burn they cost
+// about a fifth of the claim's execution). If the queue has a strike when
+// the statement starts, it claims nothing, and the caller claims again
+// with ClaimDue. The worker uses it to go on through a backlog, past the
+// last row of its previous full claim.
+func (q *Queries) ClaimDueUnstruck(ctx context.Context, db DBTX, arg ClaimDueUnstruckParams) ([]ClaimDueUnstruckRow, error) {
+	rows, err := db.Query(ctx, claimDueUnstruck,
+		arg.Worker,
+		arg.LeaseSeconds,
+		arg.Queue,
+		arg.AfterRunAt,
+		arg.AfterSeq,
+		arg.MaxRows,
+	)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []ClaimDueUnstruckRow
+	for rows.Next() {
+		var i ClaimDueUnstruckRow
+		if err := rows.Scan(
+			&i.Key,
+			&i.Task,
+			&i.Args,
+			&i.Generation,
+			&i.Attempt,
+			&i.RunAt,
+			&i.Seq,
+			&i.Deliveries,
+			&i.StartedAt,
+			&i.TraceContext,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const claimLapsed = `-- name: ClaimLapsed :many
 WITH epoch AS (
     SELECT coalesce((SELECT epoch FROM shadows.strike_epochs WHERE queue = $3::text), 0) AS e

@@ -324,6 +324,27 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 	return len(claimed), started, err
 }
 
+// claimUnstruck is ClaimDue through ClaimDueUnstruck, for a claim past
+// the position p names; its rows carry no strike.
+func (w *Worker) claimUnstruck(ctx context.Context, p db.ClaimDueParams) ([]db.ClaimDueRow, error) {
+	got, err := w.queries.ClaimDueUnstruck(ctx, w.pool, db.ClaimDueUnstruckParams{
+		Worker: p.Worker, LeaseSeconds: p.LeaseSeconds, Queue: p.Queue,
+		AfterRunAt: *p.AfterRunAt, AfterSeq: *p.AfterSeq, MaxRows: p.MaxRows,
+	})
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]db.ClaimDueRow, len(got))
+	for i, r := range got {
+		rows[i] = db.ClaimDueRow{
+			Key: r.Key, Task: r.Task, Args: r.Args, Generation: r.Generation, Attempt: r.Attempt,
+			RunAt: r.RunAt, Seq: r.Seq, Deliveries: r.Deliveries, StartedAt: r.StartedAt,
+			TraceContext: r.TraceContext,
+		}
+	}
+	return rows, nil
+}
+
 // claimPosition is where, in claim order (run_at, seq), the last full claim
 // stopped while a backlog was being worked off. Both claim loops share it.
 type claimPosition struct {
@@ -376,12 +397,32 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 		p.AfterRunAt, p.AfterSeq = &runAt, &seq
 	}
 	pos.mu.Unlock()
-	rows, err := w.queries.ClaimDue(ctx, w.pool, p)
+	var (
+		rows []db.ClaimDueRow
+		err  error
+	)
+	if resumed {
+		// Going on through a backlog: the plain statement first. It comes
+		// back short when the queue has strikes (it then claims nothing)
+		// or the backlog past the position is done; ClaimDue, still past
+		// the position, tells the two apart and judges struck tasks.
+		rows, err = w.claimUnstruck(ctx, p)
+		if err == nil && len(rows) < n {
+			p.MaxRows = int32(n - len(rows))
+			var more []db.ClaimDueRow
+			more, err = w.queries.ClaimDue(ctx, w.pool, p)
+			rows = append(rows, more...)
+			p.MaxRows = int32(n)
+		}
+	} else {
+		rows, err = w.queries.ClaimDue(ctx, w.pool, p)
+	}
 	if err != nil {
 		// Its rows are due again, perhaps behind a position the other
 		// loop's claim is about to set: that one must not be kept either.
+		// Rows the plain statement claimed before are returned: they run.
 		w.posEpoch.Add(1)
-		return nil, err
+		return rows, err
 	}
 	if len(rows) < n {
 		pos.drop()

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -276,4 +277,49 @@ func TestRedeliveryJudgesStrikesAddedWhileItRan(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ex.Held)
 	require.Equal(t, queue.StateQueued, ex.State)
+}
+
+// Claims that go on through a backlog past the last full claim take a
+// plainer statement while the queue has no strikes; with a strike they
+// must still judge every task, early or late in the backlog.
+func TestStrikesAreJudgedAllThroughABacklog(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var mu sync.Mutex
+	ran := map[string]int{}
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Charge]) error {
+		mu.Lock()
+		ran[task.Key]++
+		mu.Unlock()
+		return nil
+	}, worker.Policy{})
+	ctx := t.Context()
+	const n = 600
+	entries := make([]queue.Entry, n)
+	for i := range entries {
+		amount := 10.0
+		if i%3 == 0 {
+			amount = 5000
+		}
+		entries[i] = queue.Entry{Args: Charge{CustomerID: "c", Amount: amount}, Key: fmt.Sprintf("charge-%03d", i)}
+	}
+	_, err := b.q.AddMany(ctx, entries)
+	require.NoError(t, err)
+	_, err = b.q.Strike(ctx, strike.Rule{Task: "charge", Param: "amount", Op: strike.Gt, Value: 1000})
+	require.NoError(t, err)
+	b.cfg.Concurrency = 7 // many full claims, each past the one before
+	b.cfg.CheckInterval = time.Minute
+	b.runUntilFinished(t)
+
+	for i := range n {
+		k := fmt.Sprintf("charge-%03d", i)
+		if i%3 == 0 {
+			require.Zero(t, ran[k], "%s was struck", k)
+			ex, err := b.q.Execution(ctx, k)
+			require.NoError(t, err)
+			require.Equal(t, queue.StateCancelled, ex.State, k)
+		} else {
+			require.Equal(t, 1, ran[k], k)
+		}
+	}
 }
