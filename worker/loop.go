@@ -354,6 +354,10 @@ type claimPosition struct {
 	since time.Time // the claim from the start of the order it follows on from
 	epoch uint64    // w.posEpoch when the claim that set it was sent
 	ok    bool
+	// judge: the queue had strikes when a claim last went on past the
+	// position, so the next ones use ClaimDue (see claimDue). A claim from
+	// the start of the order clears it.
+	judge bool
 }
 
 func (p *claimPosition) drop() {
@@ -391,7 +395,7 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 	if pos.ok && (pos.epoch != epoch || time.Since(pos.since) >= w.cfg.CheckInterval) {
 		pos.ok = false
 	}
-	resumed, since := pos.ok, pos.since
+	resumed, since, judge := pos.ok, pos.since, pos.judge
 	if resumed {
 		runAt, seq := pos.runAt, pos.seq
 		p.AfterRunAt, p.AfterSeq = &runAt, &seq
@@ -401,16 +405,19 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 		rows []db.ClaimDueRow
 		err  error
 	)
-	if resumed {
+	if resumed && !judge {
 		// Going on through a backlog: the plain statement first. It comes
 		// back short when the queue has strikes (it then claims nothing)
 		// or the backlog past the position is done; ClaimDue, still past
-		// the position, tells the two apart and judges struck tasks.
+		// the position, tells the two apart and judges struck tasks. If
+		// that claims what the plain one did not, the queue has strikes:
+		// the claims past this position go straight to ClaimDue.
 		rows, err = w.claimUnstruck(ctx, p)
 		if err == nil && len(rows) < n {
 			p.MaxRows = int32(n - len(rows))
 			var more []db.ClaimDueRow
 			more, err = w.queries.ClaimDue(ctx, w.pool, p)
+			judge = len(rows) == 0 && len(more) > 0
 			rows = append(rows, more...)
 			p.MaxRows = int32(n)
 		}
@@ -461,6 +468,7 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 		}
 	}
 	pos.runAt, pos.seq, pos.since, pos.epoch, pos.ok = runAt, seq, since, epoch, true
+	pos.judge = resumed && judge
 	return rows, nil
 }
 
