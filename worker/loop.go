@@ -419,7 +419,6 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 			more, err = w.queries.ClaimDue(ctx, w.pool, p)
 			judge = len(rows) == 0 && len(more) > 0
 			rows = append(rows, more...)
-			p.MaxRows = int32(n)
 		}
 	} else {
 		rows, err = w.queries.ClaimDue(ctx, w.pool, p)
