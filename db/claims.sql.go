@@ -256,14 +256,16 @@ SET state = 'running', worker = $1::text, started_at = now(),
     deliveries = t.deliveries + 1,
     lease_expires_at = now() + make_interval(secs => $2::float8)
 WHERE t.ctid = ANY (ARRAY(
-    SELECT d.ctid FROM shadows.tasks d
-    WHERE NOT EXISTS (SELECT 1 FROM shadows.strikes s WHERE s.queue = $3::text)
-      AND d.queue = $3::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
-      AND d.run_at <= now()
-      AND (d.run_at, d.seq) > ($4::timestamptz, $5::bigint)
-    ORDER BY d.run_at, d.seq
-    LIMIT $6
-    FOR UPDATE SKIP LOCKED))
+    SELECT next.ctid FROM (
+        SELECT d.ctid, d.strike_epoch FROM shadows.tasks d
+        WHERE d.queue = $3::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
+          AND d.run_at <= now()
+          AND (d.run_at, d.seq) > ($4::timestamptz, $5::bigint)
+        ORDER BY d.run_at, d.seq
+        LIMIT $6
+        FOR UPDATE SKIP LOCKED
+    ) AS next
+    WHERE next.strike_epoch = coalesce((SELECT e.epoch FROM shadows.strike_epochs e WHERE e.queue = $3::text), 0)))
 RETURNING t.key, t.task, convert_to(t.args::text, 'UTF8') AS args, t.generation, t.attempt, t.run_at,
     t.seq, t.deliveries, t.started_at, t.trace_context
 `
@@ -290,13 +292,18 @@ type ClaimDueUnstruckRow struct {
 	TraceContext json.RawMessage
 }
 
-// ClaimDue for a queue without strikes, in one plain statement: with no
-// strike, judging would start every row anyway, so the judging and the
-// common table expressions it needs are left out (in a burn they cost
-// about a fifth of the claim's execution). If the queue has a strike when
-// the statement starts, it claims nothing, and the caller claims again
-// with ClaimDue. The worker uses it to go on through a backlog, past the
-// last row of its previous full claim.
+// ClaimDue in one plain statement, for the rows that need no judging: those
+// judged at add time under the queue's current strikes (their strike epoch
+// is the queue's), which ClaimDue would start as they are. The judging and
+// the common table expressions it needs are left out (in a burn they cost
+// about a fifth of the claim's execution). The scan takes the next
+// max_rows rows in claim order as ClaimDue's does, and of those claims the
+// ones that need no judging; the others are left as they were, unlocked
+// when the statement ends, and the statement comes back short, so the
+// caller claims again with ClaimDue, which judges them in their turn. A
+// row judged under older strikes is thus never skipped for later ones. The
+// worker uses it to go on through a backlog, past the last row of its
+// previous full claim.
 func (q *Queries) ClaimDueUnstruck(ctx context.Context, db DBTX, arg ClaimDueUnstruckParams) ([]ClaimDueUnstruckRow, error) {
 	rows, err := db.Query(ctx, claimDueUnstruck,
 		arg.Worker,

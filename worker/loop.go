@@ -325,7 +325,8 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 }
 
 // claimUnstruck is ClaimDue through ClaimDueUnstruck, for a claim past
-// the position p names; its rows carry no strike.
+// the position p names: it takes only rows that need no judging, so its
+// rows carry no strike.
 func (w *Worker) claimUnstruck(ctx context.Context, p db.ClaimDueParams) ([]db.ClaimDueRow, error) {
 	got, err := w.queries.ClaimDueUnstruck(ctx, w.pool, db.ClaimDueUnstruckParams{
 		Worker: p.Worker, LeaseSeconds: p.LeaseSeconds, Queue: p.Queue,
@@ -354,9 +355,9 @@ type claimPosition struct {
 	since time.Time // the claim from the start of the order it follows on from
 	epoch uint64    // w.posEpoch when the claim that set it was sent
 	ok    bool
-	// judge: the queue had strikes when a claim last went on past the
-	// position, so the next ones use ClaimDue (see claimDue). A claim from
-	// the start of the order clears it.
+	// judge: the last claim past the position met only rows judged under
+	// older strikes than the queue's, so the next ones use ClaimDue (see
+	// claimDue). A claim from the start of the order clears it.
 	judge bool
 }
 
@@ -407,11 +408,13 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 	)
 	if resumed && !judge {
 		// Going on through a backlog: the plain statement first. It comes
-		// back short when the queue has strikes (it then claims nothing)
-		// or the backlog past the position is done; ClaimDue, still past
-		// the position, tells the two apart and judges struck tasks. If
-		// that claims what the plain one did not, the queue has strikes:
-		// the claims past this position go straight to ClaimDue.
+		// back short when its rows include some judged under older strikes
+		// than the queue's (it leaves those) or the backlog past the
+		// position is done; ClaimDue, still past the position, judges and
+		// claims what it left. If the plain one claimed nothing and
+		// ClaimDue something, the backlog here is of rows to judge (the
+		// strikes changed after they were added): the claims past this
+		// position go straight to ClaimDue.
 		rows, err = w.claimUnstruck(ctx, p)
 		if err == nil && len(rows) < n {
 			p.MaxRows = int32(n - len(rows))

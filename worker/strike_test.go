@@ -280,8 +280,9 @@ func TestRedeliveryJudgesStrikesAddedWhileItRan(t *testing.T) {
 }
 
 // Claims that go on through a backlog past the last full claim take a
-// plainer statement while the queue has no strikes; with a strike they
-// must still judge every task, early or late in the backlog.
+// plainer statement for tasks judged at add time under the queue's current
+// strikes; tasks added before the strikes changed must still be judged,
+// early or late in the backlog, and none may be passed over for later ones.
 func TestStrikesAreJudgedAllThroughABacklog(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -294,32 +295,45 @@ func TestStrikesAreJudgedAllThroughABacklog(t *testing.T) {
 		return nil
 	}, worker.Policy{})
 	ctx := t.Context()
-	const n = 600
-	entries := make([]queue.Entry, n)
-	for i := range entries {
-		amount := 10.0
-		if i%3 == 0 {
-			amount = 5000
+	// Two batches whose tasks alternate in claim order: "old-" ones added
+	// before the strike (judged when claimed), "new-" ones after it
+	// (judged when added). A third of each matches the strike.
+	const n = 300
+	base := time.Now().Add(-time.Hour)
+	batch := func(prefix string, offset int) []queue.Entry {
+		entries := make([]queue.Entry, n)
+		for i := range entries {
+			amount := 10.0
+			if i%3 == 0 {
+				amount = 5000
+			}
+			entries[i] = queue.Entry{Args: Charge{CustomerID: "c", Amount: amount}, Key: fmt.Sprintf("%s%03d", prefix, i),
+				When: base.Add(time.Duration(2*i+offset) * time.Millisecond)}
 		}
-		entries[i] = queue.Entry{Args: Charge{CustomerID: "c", Amount: amount}, Key: fmt.Sprintf("charge-%03d", i)}
+		return entries
 	}
-	_, err := b.q.AddMany(ctx, entries)
+	_, err := b.q.AddMany(ctx, batch("old-", 0))
 	require.NoError(t, err)
 	_, err = b.q.Strike(ctx, strike.Rule{Task: "charge", Param: "amount", Op: strike.Gt, Value: 1000})
+	require.NoError(t, err)
+	added, err := b.q.AddMany(ctx, batch("new-", 1))
 	require.NoError(t, err)
 	b.cfg.Concurrency = 7 // many full claims, each past the one before
 	b.cfg.CheckInterval = time.Minute
 	b.runUntilFinished(t)
 
 	for i := range n {
-		k := fmt.Sprintf("charge-%03d", i)
+		old, late := fmt.Sprintf("old-%03d", i), fmt.Sprintf("new-%03d", i)
 		if i%3 == 0 {
-			require.Zero(t, ran[k], "%s was struck", k)
-			ex, err := b.q.Execution(ctx, k)
+			require.Zero(t, ran[old], "%s was struck", old)
+			ex, err := b.q.Execution(ctx, old)
 			require.NoError(t, err)
-			require.Equal(t, queue.StateCancelled, ex.State, k)
+			require.Equal(t, queue.StateCancelled, ex.State, old)
+			require.Equal(t, queue.DispositionStruck, added[i].Disposition, late)
+			require.Zero(t, ran[late], "%s was struck", late)
 		} else {
-			require.Equal(t, 1, ran[k], k)
+			require.Equal(t, 1, ran[old], old)
+			require.Equal(t, 1, ran[late], late)
 		}
 	}
 }
