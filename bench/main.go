@@ -27,7 +27,8 @@
 //	limits      the burn over 1,000 customers, at most 5 running per
 //	            customer (a ConcurrencyLimit), at each -concurrency
 //	            candidate, the fastest kept as for the burn; vs pgfloor
-//	sql         the worker's claim and completion statements alone, driven
+//	sql         the worker's claim statement through a backlog
+//	            (ClaimDueUnstruck) and its completion statement alone, driven
 //	            as pgfloor drives its own (4 connections, 1,000 per claim,
 //	            no worker): how much of the gap to pgfloor is the database's
 //

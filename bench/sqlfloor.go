@@ -27,8 +27,9 @@ const (
 	sqlFloorBatch   = 1000
 )
 
-// shadowsSQL burns o.n tasks with the worker's claim (ClaimDue) and
-// completion (CompleteTasks) statements alone: sqlFloorWorkers goroutines,
+// shadowsSQL burns o.n tasks with the worker's claim (ClaimDueUnstruck, the
+// statement it claims with through a backlog) and completion
+// (CompleteTasks) statements alone: sqlFloorWorkers goroutines,
 // each claiming sqlFloorBatch tasks and completing them at once, as
 // pgfloor does. Set against the burn it tells how much of the gap to
 // pgfloor lies in the database (these statements) and how much in the
@@ -82,8 +83,8 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 	for range sqlFloorWorkers {
 		wg.Go(func() {
 			for done.Load() < int64(o.n) && pctx.Err() == nil {
-				rows, err := queries.ClaimDue(pctx, pool, db.ClaimDueParams{
-					Queue: name, MaxRows: sqlFloorBatch, TtlSeconds: ttl, Worker: "bench-sql", LeaseSeconds: lease,
+				rows, err := queries.ClaimDueUnstruck(pctx, pool, db.ClaimDueUnstruckParams{
+					Queue: name, MaxRows: sqlFloorBatch, Worker: "bench-sql", LeaseSeconds: lease,
 				})
 				if err != nil {
 					fail(fmt.Errorf("sql: claim: %w", err))
@@ -94,12 +95,12 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 					continue
 				}
 				// Completions lock rows in key order, as the worker's do.
-				slices.SortFunc(rows, func(a, b db.ClaimDueRow) int { return strings.Compare(a.Key, b.Key) })
+				slices.SortFunc(rows, func(a, b db.ClaimDueUnstruckRow) int { return strings.Compare(a.Key, b.Key) })
 				p := db.CompleteTasksParams{Queue: name, TtlSeconds: ttl,
 					Keys: make([]string, len(rows)), Generations: make([]int64, len(rows)), Deliveries: make([]int32, len(rows)), StartedAts: make([]time.Time, len(rows))}
 				for i, row := range rows {
-					if row.StartedAt == nil { // a row a strike set aside: the sql queue has no strikes
-						fail(fmt.Errorf("sql: claim returned struck task %s", row.Key))
+					if row.StartedAt == nil {
+						fail(fmt.Errorf("sql: claim returned task %s without a start time", row.Key))
 						return
 					}
 					p.Keys[i], p.Generations[i], p.Deliveries[i] = row.Key, row.Generation, row.Deliveries
@@ -129,7 +130,7 @@ func (b *bench) shadowsSQL(ctx context.Context) (sqlResult, error) {
 		r.dbCPU = dbAfter - dbBefore
 		cpu += fmt.Sprintf(", database CPU %.2fs", r.dbCPU)
 	}
-	logf("shadows sql: %d tasks in %.2fs = %.0f tasks/s (ClaimDue + CompleteTasks only, %d connections × %d per claim, ExecutionTTL=15m%s)",
+	logf("shadows sql: %d tasks in %.2fs = %.0f tasks/s (ClaimDueUnstruck + CompleteTasks only, %d connections × %d per claim, ExecutionTTL=15m%s)",
 		done.Load(), elapsed.Seconds(), r.rate, sqlFloorWorkers, sqlFloorBatch, cpu)
 	return r, nil
 }

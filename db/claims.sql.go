@@ -260,7 +260,8 @@ WHERE t.ctid = ANY (ARRAY(
         SELECT d.ctid, d.strike_epoch FROM shadows.tasks d
         WHERE d.queue = $3::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
           AND d.run_at <= now()
-          AND (d.run_at, d.seq) > ($4::timestamptz, $5::bigint)
+          AND (d.run_at, d.seq) > (coalesce($4::timestamptz, '-infinity'::timestamptz),
+                                   coalesce($5::bigint, 0))
         ORDER BY d.run_at, d.seq
         LIMIT $6
         FOR UPDATE SKIP LOCKED
@@ -274,8 +275,8 @@ type ClaimDueUnstruckParams struct {
 	Worker       string
 	LeaseSeconds float64
 	Queue        string
-	AfterRunAt   time.Time
-	AfterSeq     int64
+	AfterRunAt   *time.Time
+	AfterSeq     *int64
 	MaxRows      int32
 }
 
@@ -301,9 +302,9 @@ type ClaimDueUnstruckRow struct {
 // ones that need no judging; the others are left as they were, unlocked
 // when the statement ends, and the statement comes back short, so the
 // caller claims again with ClaimDue, which judges them in their turn. A
-// row judged under older strikes is thus never skipped for later ones. The
-// worker uses it to go on through a backlog, past the last row of its
-// previous full claim.
+// row judged under older strikes is thus never skipped for later ones.
+// after_run_at/after_seq are ClaimDue's. The worker uses it while a backlog
+// lasts (its claims come back full).
 func (q *Queries) ClaimDueUnstruck(ctx context.Context, db DBTX, arg ClaimDueUnstruckParams) ([]ClaimDueUnstruckRow, error) {
 	rows, err := db.Query(ctx, claimDueUnstruck,
 		arg.Worker,

@@ -88,9 +88,9 @@ FROM set_aside;
 -- ones that need no judging; the others are left as they were, unlocked
 -- when the statement ends, and the statement comes back short, so the
 -- caller claims again with ClaimDue, which judges them in their turn. A
--- row judged under older strikes is thus never skipped for later ones. The
--- worker uses it to go on through a backlog, past the last row of its
--- previous full claim.
+-- row judged under older strikes is thus never skipped for later ones.
+-- after_run_at/after_seq are ClaimDue's. The worker uses it while a backlog
+-- lasts (its claims come back full).
 UPDATE shadows.tasks t
 SET state = 'running', worker = @worker::text, started_at = now(),
     deliveries = t.deliveries + 1,
@@ -100,7 +100,8 @@ WHERE t.ctid = ANY (ARRAY(
         SELECT d.ctid, d.strike_epoch FROM shadows.tasks d
         WHERE d.queue = @queue::text AND d.state = 'scheduled' AND NOT d.held AND d.waiting_on IS NULL
           AND d.run_at <= now()
-          AND (d.run_at, d.seq) > (@after_run_at::timestamptz, @after_seq::bigint)
+          AND (d.run_at, d.seq) > (coalesce(sqlc.narg('after_run_at')::timestamptz, '-infinity'::timestamptz),
+                                   coalesce(sqlc.narg('after_seq')::bigint, 0))
         ORDER BY d.run_at, d.seq
         LIMIT @max_rows
         FOR UPDATE SKIP LOCKED

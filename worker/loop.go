@@ -324,13 +324,12 @@ func (w *Worker) claim(ctx context.Context, free int, sweep bool, tasks *sync.Wa
 	return len(claimed), started, err
 }
 
-// claimUnstruck is ClaimDue through ClaimDueUnstruck, for a claim past
-// the position p names: it takes only rows that need no judging, so its
-// rows carry no strike.
+// claimUnstruck is ClaimDue through ClaimDueUnstruck: it takes only rows
+// that need no judging, so its rows carry no strike.
 func (w *Worker) claimUnstruck(ctx context.Context, p db.ClaimDueParams) ([]db.ClaimDueRow, error) {
 	got, err := w.queries.ClaimDueUnstruck(ctx, w.pool, db.ClaimDueUnstruckParams{
 		Worker: p.Worker, LeaseSeconds: p.LeaseSeconds, Queue: p.Queue,
-		AfterRunAt: *p.AfterRunAt, AfterSeq: *p.AfterSeq, MaxRows: p.MaxRows,
+		AfterRunAt: p.AfterRunAt, AfterSeq: p.AfterSeq, MaxRows: p.MaxRows,
 	})
 	if err != nil {
 		return nil, err
@@ -355,9 +354,9 @@ type claimPosition struct {
 	since time.Time // the claim from the start of the order it follows on from
 	epoch uint64    // w.posEpoch when the claim that set it was sent
 	ok    bool
-	// judge: the last claim past the position met only rows judged under
-	// older strikes than the queue's, so the next ones use ClaimDue (see
-	// claimDue). A claim from the start of the order clears it.
+	// judge: the claim that set the position met only rows judged under
+	// older strikes than the queue's, so the next ones past it use
+	// ClaimDue (see claimDue).
 	judge bool
 }
 
@@ -396,7 +395,7 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 	if pos.ok && (pos.epoch != epoch || time.Since(pos.since) >= w.cfg.CheckInterval) {
 		pos.ok = false
 	}
-	resumed, since, judge := pos.ok, pos.since, pos.judge
+	resumed, since, judge := pos.ok, pos.since, pos.ok && pos.judge
 	if resumed {
 		runAt, seq := pos.runAt, pos.seq
 		p.AfterRunAt, p.AfterSeq = &runAt, &seq
@@ -406,15 +405,18 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 		rows []db.ClaimDueRow
 		err  error
 	)
-	if resumed && !judge {
-		// Going on through a backlog: the plain statement first. It comes
-		// back short when its rows include some judged under older strikes
-		// than the queue's (it leaves those) or the backlog past the
-		// position is done; ClaimDue, still past the position, judges and
-		// claims what it left. If the plain one claimed nothing and
-		// ClaimDue something, the backlog here is of rows to judge (the
-		// strikes changed after they were added): the claims past this
-		// position go straight to ClaimDue.
+	if resumed && !judge || !resumed && w.backlog.Load() {
+		// Going on through a backlog, past the position or (after a wake-up,
+		// or CheckInterval on) from the start: the plain statement first.
+		// It comes back short when its rows include some judged under
+		// older strikes than the queue's (it leaves those) or the backlog
+		// is done; ClaimDue, from the same place, judges and claims what
+		// it left. If the plain one claimed nothing and ClaimDue
+		// something, the backlog here is of rows to judge (the strikes
+		// changed after they were added): the claims past the position
+		// this claim sets go straight to ClaimDue. An idle worker's claims
+		// (no backlog) go straight to ClaimDue too: they come back short,
+		// and one statement is enough.
 		rows, err = w.claimUnstruck(ctx, p)
 		if err == nil && len(rows) < n {
 			p.MaxRows = int32(n - len(rows))
@@ -470,7 +472,7 @@ func (w *Worker) claimDue(ctx context.Context, n int) ([]db.ClaimDueRow, error) 
 		}
 	}
 	pos.runAt, pos.seq, pos.since, pos.epoch, pos.ok = runAt, seq, since, epoch, true
-	pos.judge = resumed && judge
+	pos.judge = judge
 	return rows, nil
 }
 

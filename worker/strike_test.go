@@ -285,6 +285,17 @@ func TestRedeliveryJudgesStrikesAddedWhileItRan(t *testing.T) {
 // early or late in the backlog, and none may be passed over for later ones.
 func TestStrikesAreJudgedAllThroughABacklog(t *testing.T) {
 	t.Parallel()
+	// CheckInterval sets how often the claims start again from the start
+	// of the order instead of past the last full claim.
+	for _, every := range []time.Duration{time.Minute, time.Millisecond} {
+		t.Run(every.String(), func(t *testing.T) {
+			t.Parallel()
+			strikesJudgedThroughBacklog(t, every)
+		})
+	}
+}
+
+func strikesJudgedThroughBacklog(t *testing.T, checkInterval time.Duration) {
 	b := setup(t)
 	var mu sync.Mutex
 	ran := map[string]int{}
@@ -319,7 +330,7 @@ func TestStrikesAreJudgedAllThroughABacklog(t *testing.T) {
 	added, err := b.q.AddMany(ctx, batch("new-", 1))
 	require.NoError(t, err)
 	b.cfg.Concurrency = 7 // many full claims, each past the one before
-	b.cfg.CheckInterval = time.Minute
+	b.cfg.CheckInterval = checkInterval
 	b.runUntilFinished(t)
 
 	for i := range n {
