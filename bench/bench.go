@@ -162,6 +162,17 @@ func (b *bench) all(ctx context.Context) error {
 			return err
 		}
 	}
+	var sqlCont sqlResult
+	if o.phases["sql_continuous"] {
+		if floorCont.rate == 0 {
+			if floorCont, err = b.floor.run(ctx, o.url, o.duration+b.floorTimeout(), "-mode", "continuous", "-duration", o.duration.String()); err != nil {
+				return err
+			}
+		}
+		if sqlCont, err = b.shadowsSQLContinuous(ctx); err != nil {
+			return err
+		}
+	}
 	var waitXact, waitCPU float64
 	if o.phases["waiting"] {
 		if waitXact, waitCPU, err = b.waiting(ctx, 10*time.Second); err != nil {
@@ -218,6 +229,9 @@ func (b *bench) all(ctx context.Context) error {
 	}
 	if o.phases["sql"] {
 		b.summary("sql ratio=%s shadows=%.0f pgfloor=%.0f", ratio(sqlOnly.rate, floorBurn.rate), sqlOnly.rate, floorBurn.rate)
+	}
+	if o.phases["sql_continuous"] {
+		b.summary("sql_continuous ratio=%s shadows=%.0f pgfloor=%.0f", ratio(sqlCont.rate, floorCont.rate), sqlCont.rate, floorCont.rate)
 	}
 	if o.phases["waiting"] {
 		b.summary("waiting xact_per_s=%.1f db_cpu_pct=%.1f", waitXact, waitCPU)

@@ -30,7 +30,12 @@
 //	sql         the worker's claim statement through a backlog
 //	            (ClaimDueUnstruck) and its completion statement alone, driven
 //	            as pgfloor drives its own (4 connections, 1,000 per claim,
-//	            no worker): how much of the gap to pgfloor is the database's
+//	            no worker; each connection goes on from the last row it
+//	            claimed, as the worker's claim loops do): how much of the gap
+//	            to pgfloor is the database's
+//	sql_continuous  the same statements while a producer adds AddMany
+//	            batches of 5,000 flat out for -duration, as in continuous;
+//	            vs pgfloor -mode continuous
 //
 // Every shadows measure uses a fresh queue name. After each measure the
 // queue's rows are deleted and shadows.tasks and shadows.slots are vacuumed
@@ -106,7 +111,7 @@ type options struct {
 	analyze       bool
 }
 
-const allPhases = "burn,burn_nottl,continuous,latency,crowded,strikes,keys,limits,sql,waiting"
+const allPhases = "burn,burn_nottl,continuous,latency,crowded,strikes,keys,limits,sql,sql_continuous,waiting"
 
 func main() {
 	if os.Getenv(childEnv) != "" {
@@ -122,7 +127,7 @@ func main() {
 	flag.IntVar(&o.latencyRate, "latency-rate", 50, "inserts per second in the latency measure")
 	flag.StringVar(&concurrency, "concurrency", defaultConcurrency, "worker Concurrency for burn and continuous; with several comma-separated values the burn runs at each and the fastest is used")
 	flag.IntVar(&o.poolConns, "pool-conns", 0, "MaxConns of the worker's pool (0: pgxpool's default, max(4, NumCPU))")
-	flag.StringVar(&phases, "phases", allPhases, "comma-separated measures to run: burn (also gives addmany and rss), burn_nottl, continuous, latency, crowded, strikes, keys, limits, sql, waiting")
+	flag.StringVar(&phases, "phases", allPhases, "comma-separated measures to run: burn (also gives addmany and rss), burn_nottl, continuous, latency, crowded, strikes, keys, limits, sql, sql_continuous, waiting")
 	flag.StringVar(&sweep, "sweep", "", "comma-separated concurrencies: only run the shadows burn at each and print its rate")
 	flag.StringVar(&o.pgfloor, "pgfloor", os.Getenv("PGFLOOR"), "pgfloor binary, or its source directory (default: ../shared/tools/pgfloor beside the repository root)")
 	flag.BoolVar(&o.floorKeep, "pgfloor-keep", true, "also run pgfloor burn -keep (completes by UPDATE, as shadows does with an ExecutionTTL) and print it")
