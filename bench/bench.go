@@ -380,6 +380,7 @@ func (b *bench) shadowsContinuous(ctx context.Context, concurrency int) (childRe
 			logf("  %v", err)
 		}
 	}()
+	dbBefore, dbOK := dbCPUSeconds()
 	res, err := runChild(ctx, o.url, childParams{
 		Mode: "continuous", Queue: name, Concurrency: concurrency, PoolConns: int32(o.poolConns),
 		Duration: o.duration, Timeout: o.duration + o.phaseTimeout, Logs: o.verboseWorker,
@@ -389,6 +390,9 @@ func (b *bench) shadowsContinuous(ctx context.Context, concurrency int) (childRe
 	}
 	logf("shadows continuous: %d tasks worked, %d inserted in %.2fs = %.0f tasks/s (Concurrency=%d, AddMany batches of 5000; drain %.3fs; peak RSS %.1f MB)",
 		res.Handled, res.Inserted, res.Elapsed, float64(res.Handled)/res.Elapsed, concurrency, res.Drain, float64(res.VmHWMKB)/1024)
+	if dbAfter, ok := dbCPUSeconds(); ok && dbOK {
+		logf("  CPU over the whole run (producer included, as pgfloor's): worker process %.2fs, database %.2fs (local server, from /proc)", res.CPU, dbAfter-dbBefore)
+	}
 	if res.AddErrors > 0 {
 		logf("  warning: %d AddMany calls failed (see stderr with -worker-logs)", res.AddErrors)
 	}
