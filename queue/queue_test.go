@@ -345,6 +345,33 @@ func TestAddManyGeneratedKeys(t *testing.T) {
 	require.Equal(t, 3, countRows(t, b.pool, b.q.Name()))
 }
 
+// A batch streamed in with COPY after a strike came and went records the
+// queue's strike epoch, so workers start its tasks without judging them
+// again, and leaves out nothing: every column reads as an INSERT stores it.
+func TestAddManyCopyAfterAStrikeWasRestored(t *testing.T) {
+	t.Parallel()
+	b := setup(t, queue.Config{})
+	ctx := t.Context()
+	rule := strike.Rule{Task: Greet{}.TaskName(), Param: "name", Op: strike.Eq, Value: "bad"}
+	_, err := b.q.Strike(ctx, rule)
+	require.NoError(t, err)
+	_, err = b.q.Restore(ctx, rule)
+	require.NoError(t, err)
+	out, err := b.q.AddMany(ctx, []queue.Entry{{Args: Greet{Name: "bad"}}, {Args: Greet{Name: "x"}}})
+	require.NoError(t, err)
+	var stale int
+	require.NoError(t, b.pool.QueryRow(ctx, `
+		SELECT count(*) FROM shadows.tasks t
+		WHERE t.queue = $1 AND (t.strike_epoch <> (SELECT epoch FROM shadows.strike_epochs e WHERE e.queue = $1)
+		   OR t.run_at <> t.created_at OR t.state <> 'scheduled' OR t.generation <> 1 OR t.trace_context IS NOT NULL)`,
+		b.q.Name()).Scan(&stale))
+	require.Zero(t, stale, "rows stored under another strike epoch, or not as an INSERT stores them")
+	for _, ex := range out {
+		require.Equal(t, queue.DispositionScheduled, ex.Disposition)
+		require.Equal(t, queue.StateQueued, ex.State)
+	}
+}
+
 // Entries sharing a key behave as one Add after another: when a strike
 // keeps out the first, the next one is added.
 func TestAddManyRepeatedKeyAfterAStruckEntry(t *testing.T) {
