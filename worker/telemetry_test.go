@@ -119,6 +119,42 @@ func TestMetricsAndTraces(t *testing.T) {
 	require.True(t, names["shadows.task.lateness"])
 }
 
+// A batch streamed in with COPY (generated keys, no strikes) carries the
+// producer's trace as an Add does: each run's span links to it. Tasks
+// added with a time carry it too (their rows take the run_at column).
+func TestAddManyCarriesTheTrace(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	spans := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	b.cfg.Queue.TracerProvider = tp
+	q, err := queue.New(b.pool, b.cfg.Queue)
+	require.NoError(t, err)
+	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
+
+	ctx, parent := tp.Tracer("app").Start(t.Context(), "import")
+	_, err = q.AddMany(ctx, []queue.Entry{
+		{Args: Echo{Text: "a"}}, {Args: Echo{Text: "b"}, When: time.Now().Add(-time.Second)},
+	})
+	require.NoError(t, err)
+	parent.End()
+	b.runUntilFinished(t)
+
+	linked := 0
+	for _, s := range spans.Ended() {
+		if s.Name() != "echo" {
+			continue
+		}
+		for _, l := range s.Links() {
+			if l.SpanContext.TraceID() == parent.SpanContext().TraceID() {
+				linked++
+			}
+		}
+	}
+	require.Equal(t, 2, linked, "both runs link to the trace that added them")
+}
+
 func TestDepthGauges(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
