@@ -8,6 +8,9 @@
 // them at once; with -mode continuous a producer adds batches of 5,000 (two
 // COPYs in one transaction) flat out for -duration.
 //
+// SCOPE.md beside this file lists what in shadows reads and writes
+// shadows.tasks, for a redesign that adopts these tables.
+//
 // It is a measuring tool for the redesign, not part of shadows: no worker,
 // no strikes, limits or keys rules. Point it at a scratch database; it
 // creates and drops the schema s3. By default its connections plan every
