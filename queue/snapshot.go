@@ -27,7 +27,10 @@ type Snapshot struct {
 	// FutureCount counts all of them.
 	FutureCount int
 	// Running lists running tasks, longest-running first; at most
-	// SnapshotLimit of them.
+	// SnapshotLimit of them. A run cancelled while it ran is among them
+	// (and in Total) until its handler returns, though its Execution
+	// already reads cancelled; once its key is added again, the new task
+	// is counted instead.
 	Running []TaskInfo
 	// RunningCount counts all of them.
 	RunningCount int

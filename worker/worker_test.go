@@ -376,12 +376,19 @@ func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, queue.StateCancelled, ex.State, "cancelled at once, as docket records it")
 	require.False(t, ex.FinishedAt.IsZero(), "the cancel's time is recorded")
+	snap, err := b.q.Snapshot(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, snap.RunningCount, "its handler still runs: the snapshot counts it until it returns")
+	require.Equal(t, 1, snap.Total)
 
 	again, err := b.q.Add(ctx, Block{ID: "new"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
 	require.Equal(t, queue.DispositionScheduled, again.Disposition, "the key is free while the old handler winds down")
 	require.EqualValues(t, 2, again.Generation)
 	require.Equal(t, "new", <-started, "the new run starts beside the old one")
+	snap, err = b.q.Snapshot(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, snap.RunningCount, "the key's row is the new run's: the old one winding down is not counted")
 
 	// The old run ends while the new one runs, so only the generation
 	// tells the old outcome from the new run's. Outcomes are recorded in
