@@ -10,11 +10,16 @@ import (
 
 // newKey makes a fresh key: a time-ordered random UUID (version 7), so keys
 // added one after another land at the right edge of the primary key index.
-func newKey() string { return newKeys(1)[0] }
+func newKey() string { return uuid.Must(uuid.NewV7()).String() }
+
+// keysPerString is how many of newKeys' keys share one string: few enough
+// that a key kept long after its batch keeps little else alive.
+const keysPerString = 128
 
 // newKeys makes n fresh keys as newKey does, with one read of the system's
-// randomness and one string holding them all, instead of one of each per
-// key: a batch of AddMany spent a twentieth of its time on its keys.
+// randomness for them all and one string per keysPerString keys, instead
+// of one of each per key: a batch of AddMany spent a twentieth of its time
+// on its keys.
 func newKeys(n int) []string {
 	if n == 0 {
 		return nil
@@ -22,18 +27,22 @@ func newKeys(n int) []string {
 	random := make([]byte, 16*n)
 	rand.Read(random) // never fails (crypto/rand)
 	r := bytes.NewReader(random)
-	text := make([]byte, 0, 36*n)
-	for range n {
-		u, err := uuid.NewV7FromReader(r)
-		if err != nil { // cannot happen: r holds 16 bytes per key
-			panic(err)
-		}
-		text = appendUUID(text, u)
-	}
-	all := string(text)
 	keys := make([]string, n)
-	for i := range keys {
-		keys[i] = all[36*i : 36*(i+1)]
+	text := make([]byte, 0, 36*min(n, keysPerString))
+	for start := 0; start < n; start += keysPerString {
+		end := min(start+keysPerString, n)
+		text = text[:0]
+		for range end - start {
+			u, err := uuid.NewV7FromReader(r)
+			if err != nil { // cannot happen: r holds 16 bytes per key
+				panic(err)
+			}
+			text = appendUUID(text, u)
+		}
+		all := string(text)
+		for i := start; i < end; i++ {
+			keys[i] = all[36*(i-start) : 36*(i-start+1)]
+		}
 	}
 	return keys
 }

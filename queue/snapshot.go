@@ -28,9 +28,10 @@ type Snapshot struct {
 	FutureCount int
 	// Running lists running tasks, longest-running first; at most
 	// SnapshotLimit of them. A run cancelled while it ran is among them
-	// (and in Total) until its handler returns, though its Execution
-	// already reads cancelled; once its key is added again, the new task
-	// is counted instead.
+	// (and in Total), though its Execution already reads cancelled, until
+	// its worker records how it ended (soon after its handler returns; if
+	// the worker died, when its lease lapses); once its key is added
+	// again, the new task is counted instead.
 	Running []TaskInfo
 	// RunningCount counts all of them.
 	RunningCount int

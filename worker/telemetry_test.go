@@ -120,8 +120,8 @@ func TestMetricsAndTraces(t *testing.T) {
 }
 
 // A batch streamed in with COPY (generated keys, no strikes) carries the
-// producer's trace as an Add does: each run's span links to it. Tasks
-// added with a time carry it too (their rows take the run_at column).
+// producer's trace as an Add does: each run's span links to it, whether
+// the batch's rows take the run_at column (an entry names a time) or not.
 func TestAddManyCarriesTheTrace(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -134,8 +134,10 @@ func TestAddManyCarriesTheTrace(t *testing.T) {
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Echo]) error { return nil }, worker.Policy{})
 
 	ctx, parent := tp.Tracer("app").Start(t.Context(), "import")
+	_, err = q.AddMany(ctx, []queue.Entry{{Args: Echo{Text: "a"}}})
+	require.NoError(t, err)
 	_, err = q.AddMany(ctx, []queue.Entry{
-		{Args: Echo{Text: "a"}}, {Args: Echo{Text: "b"}, When: time.Now().Add(-time.Second)},
+		{Args: Echo{Text: "b"}}, {Args: Echo{Text: "c"}, When: time.Now().Add(-time.Second)},
 	})
 	require.NoError(t, err)
 	parent.End()
@@ -152,7 +154,7 @@ func TestAddManyCarriesTheTrace(t *testing.T) {
 			}
 		}
 	}
-	require.Equal(t, 2, linked, "both runs link to the trace that added them")
+	require.Equal(t, 3, linked, "every run links to the trace that added it")
 }
 
 func TestDepthGauges(t *testing.T) {

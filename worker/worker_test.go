@@ -355,6 +355,8 @@ func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
 	b := setup(t)
 	started := make(chan string, 3)
 	release := map[string]chan struct{}{"old": make(chan struct{}), "new": make(chan struct{})}
+	once := map[string]*sync.Once{"old": {}, "new": {}}
+	free := func(id string) { once[id].Do(func() { close(release[id]) }) }
 	var ends ledger
 	worker.MustRegister(b.reg, func(ctx context.Context, task *worker.Task[Block]) error {
 		started <- task.Args.ID
@@ -366,6 +368,9 @@ func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
 		return nil
 	}, worker.Policy{})
 	b.start(t)
+	// A failed check must not leave the handlers blocked: the worker's
+	// drain, a cleanup registered before this one, would wait for them.
+	t.Cleanup(func() { free("old"); free("new") })
 	ctx := t.Context()
 	_, err := b.q.Add(ctx, Block{ID: "old"}, &queue.AddOpts{Key: "k"})
 	require.NoError(t, err)
@@ -386,17 +391,19 @@ func TestCancelFreesTheKeyOfARunningTask(t *testing.T) {
 	require.Equal(t, queue.DispositionScheduled, again.Disposition, "the key is free while the old handler winds down")
 	require.EqualValues(t, 2, again.Generation)
 	require.Equal(t, "new", <-started, "the new run starts beside the old one")
+	first := snap.Running[0].Started
 	snap, err = b.q.Snapshot(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, snap.RunningCount, "the key's row is the new run's: the old one winding down is not counted")
+	require.False(t, snap.Running[0].Started.Equal(first), "the run counted is the new one")
 
 	// The old run ends while the new one runs, so only the generation
 	// tells the old outcome from the new run's. Outcomes are recorded in
 	// the order the runs end: once the new run's is recorded, the old
 	// one's has been dealt with.
-	close(release["old"])
+	free("old")
 	eventually(t, "the old handler returns", func() bool { runs, _ := ends.snapshot(); return len(runs) == 1 })
-	close(release["new"])
+	free("new")
 	ex, err = b.wait(t, "k")
 	require.NoError(t, err, "the new run's record: %+v", ex)
 	require.EqualValues(t, 2, ex.Generation, "the old run recorded nothing over the new one")
