@@ -472,21 +472,17 @@ func (q *Queue) copyMany(ctx context.Context, tx pgx.Tx, stored []*Execution) (c
 	cols := []string{"queue", "key", "task", "args"}
 	for _, e := range stored {
 		if !e.When.IsZero() {
-			src.runAt = make([]time.Time, len(stored))
 			src.at = len(src.row)
 			cols, src.row = append(cols, "run_at"), append(src.row, nil)
 			break
 		}
 	}
-	for i, e := range stored {
+	for _, e := range stored {
 		runAt := pre.Now
 		if !e.When.IsZero() {
 			// The database's precision and time zone, as the INSERT path
 			// returns them.
 			runAt = e.When.Truncate(time.Microsecond).In(pre.Now.Location())
-		}
-		if src.runAt != nil {
-			src.runAt[i] = runAt
 		}
 		d := !runAt.After(pre.Now)
 		due = due || d
@@ -510,12 +506,10 @@ func (q *Queue) copyMany(ctx context.Context, tx pgx.Tx, stored []*Execution) (c
 // its own per task, each value boxed anew, was a fifth of the objects a
 // busy producer allocated.
 type copySource struct {
-	stored []*Execution
+	stored []*Execution // their When is the run_at stored (see fillAdded)
 	next   int
-	row    []any       // queue, key, task, args, then the optional columns
-	runAt  []time.Time // per row, when some task is not due now
-	at     int         // run_at's place in row, or -1
-	task   string      // the task name boxed in row[2]
+	row    []any // queue, key, task, args, then the optional columns
+	at     int   // run_at's place in row, or -1
 }
 
 func (c *copySource) Next() bool {
@@ -524,12 +518,12 @@ func (c *copySource) Next() bool {
 	}
 	e := c.stored[c.next]
 	c.row[1] = e.Key
-	if e.Task != c.task || c.row[2] == nil {
-		c.task, c.row[2] = e.Task, e.Task
+	if c.row[2] != e.Task { // boxed anew only when the name changes
+		c.row[2] = e.Task
 	}
 	c.row[3] = []byte(e.Args)
 	if c.at >= 0 {
-		c.row[c.at] = c.runAt[c.next]
+		c.row[c.at] = e.When
 	}
 	c.next++
 	return true
